@@ -1,0 +1,108 @@
+"""The command line: wiring and the one error boundary. Commands live one per module."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import LlmrunError
+from ..exit_codes import ExitCode
+from . import output
+from .catalog import catalog_cmd
+from .list_ import list_cmd
+from .pull import pull_cmd
+from .rm import rm_cmd
+
+app = typer.Typer(
+    name="llmrun",
+    help="Run open large language models locally.",
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        output.write(f"llmrun {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Run open large language models locally. Exit codes: 0 ok, 1 error, 2 usage,
+    3 model not found, 4 download/network, 5 model load or context, 130 interrupted."""
+
+
+app.command("pull")(pull_cmd)
+app.command("list")(list_cmd)
+app.command("ls", hidden=True)(list_cmd)
+app.command("rm")(rm_cmd)
+app.command("catalog")(catalog_cmd)
+
+for _mod, _fn, _name in (
+    ("show", "show_cmd", "show"),
+    ("import_", "import_cmd", "import"),
+    ("verify", "verify_cmd", "verify"),
+    ("run", "run_cmd", "run"),
+    ("chat", "chat_cmd", "chat"),
+):
+    try:
+        _m = __import__(f"llmrun.cli.{_mod}", fromlist=[_fn])
+    except ModuleNotFoundError:
+        continue
+    app.command(_name)(getattr(_m, _fn))
+
+
+def _debug() -> bool:
+    return os.environ.get("LLMRUN_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def main() -> None:
+    """Entry point: run the app and map every failure to one line and an exit code."""
+    code: int = ExitCode.OK
+    try:
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else ExitCode.OK
+    except LlmrunError as exc:
+        if _debug():
+            import traceback
+
+            traceback.print_exc()
+        output.error(exc.message, exc.hint)
+        code = exc.exit_code
+    except typer.TyperException as exc:  # usage errors from the parser
+        exc.show()  # type: ignore[attr-defined]
+        code = getattr(exc, "exit_code", ExitCode.USAGE)
+    except (typer.Abort, KeyboardInterrupt):
+        output.err().print()
+        code = ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    except Exception as exc:
+        if _debug():
+            raise
+        output.error(f"unexpected {type(exc).__name__}: {exc}".splitlines()[0][:300],
+                     "set LLMRUN_DEBUG=1 for a traceback")
+        code = ExitCode.ERROR
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> int:
+    """`llmrun run … | head -c1`: stop quietly, with no 'Exception ignored' line at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return ExitCode.OK

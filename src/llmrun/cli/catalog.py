@@ -1,0 +1,37 @@
+"""`llmrun catalog [TERM]`: the curated registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import common, output
+
+
+def catalog_cmd(
+    term: Annotated[str | None, typer.Argument(help="filter by name, family or title")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+) -> None:
+    """Show the models llmrun knows by name."""
+    import psutil
+
+    ram = psutil.virtual_memory().total
+    pulled = {m.name for m in common.store().all()}
+    rows = []
+    for name, e in sorted(common.registry().models.items(), key=lambda kv: kv[1].param_count):
+        text = f"{name} {e.family} {e.title}".lower()
+        if term and term.lower() not in text:
+            continue
+        size = e.quants[e.default_quant].size
+        rows.append({"name": name, "title": e.title, "params": e.params,
+                     "quant": e.default_quant, "size": size, "license": e.license,
+                     "pulled": name in pulled, "fits": None if size is None else size * 1.2 < ram,
+                     "quants": list(e.quants), "repo": e.repo})
+    if as_json:
+        output.write_json(rows)
+        return
+    yn = {True: "yes", False: "no", None: "?"}
+    output.table(["NAME", "PARAMS", "QUANT", "SIZE", "LICENSE", "PULLED", "FITS RAM"],
+                 [[r["name"], r["params"], r["quant"], output.human_size(r["size"]),
+                   r["license"], yn[r["pulled"]], yn[r["fits"]]] for r in rows], right={1, 3})

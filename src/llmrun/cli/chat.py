@@ -1,0 +1,146 @@
+"""`llmrun chat MODEL`: an interactive conversation (or one message per stdin line)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import LlmrunError, UsageError
+from ..exit_codes import ExitCode
+from . import chat_commands, common, gen, output
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+PROMPT = ">>> "
+
+
+def chat_cmd(
+    model: Annotated[str, typer.Argument(help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf")],
+    system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="render replies as Markdown "
+                                           "(terminal only)")] = False,
+    resume: Annotated[bool, typer.Option("--continue", "-c",
+                                         help="resume the last conversation")] = False,
+    temperature: gen.Temperature = None, top_p: gen.TopP = None, top_k: gen.TopK = None,
+    min_p: gen.MinP = None, repeat_penalty: gen.RepeatPenalty = None, seed: gen.Seed = None,
+    max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
+    gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, verbose: gen.Verbose = False,
+    no_pull: gen.NoPull = False,
+) -> None:
+    """Chat with a model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D exits."""
+    flags = gen.Flags(temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, stop,
+                      ctx, gpu_layers, threads, False, None, None, verbose, no_pull)
+    session = gen.open_session(model, flags, system=system, trim=True)
+    session.model.template  # noqa: B018 - fail now, before the first message, if none
+    last = common.settings().home / "chats" / "last.json"
+    if resume and last.is_file():
+        session.load(last)
+        output.info(f"resumed {len(session.messages)} message(s) from {last}")
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        _interactive(session, markdown and output.stdout_is_tty(), last, verbose)
+    else:
+        _scripted(session, last, verbose)
+
+
+def _reply(session: Session, text: str, markdown: bool, verbose: bool) -> None:
+    turn = session.ask(text)
+    if turn.dropped:
+        output.warn(f"context full: dropped the {turn.dropped} oldest exchange(s)")
+    if markdown:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.markdown import Markdown
+
+        with Live(console=Console(), refresh_per_second=8) as live:
+            for _ in turn:
+                live.update(Markdown(turn.result.text))
+    else:
+        sink = gen.StdoutSink()
+        try:
+            for piece in turn:
+                sink.write(piece)
+        finally:
+            sink.close()
+    if verbose:
+        gen.print_timings(turn.result)
+
+
+def _scripted(session: Session, last: Path, verbose: bool) -> None:
+    """stdin is not a terminal: one user message per line, replies separated by blank lines."""
+    first = True
+    for line in sys.stdin:
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if chat_commands.handle(session, text, last) == "exit":
+                return
+            continue
+        if not first:
+            sys.stdout.write("\n")
+        first = False
+        _reply(session, text, False, verbose)
+        session.save(_ensure(last))
+
+
+def _ensure(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _interactive(session: Session, markdown: bool, last: Path, verbose: bool) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+
+    history = _ensure(common.settings().home / "chat_history")
+    prompt: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
+    output.info(f"chatting with {session.model.name}; /help for commands, Ctrl-D to quit")
+    interrupted = False
+    while True:
+        try:
+            text = prompt.prompt(PROMPT)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise typer.Exit(ExitCode.INTERRUPTED) from None
+            interrupted = True
+            output.info("(Ctrl-C again or /bye to exit)")
+            continue
+        except EOFError:
+            return
+        interrupted = False
+        if text.strip() == '"""':
+            text = _multiline(prompt)
+        text = text.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            try:
+                if chat_commands.handle(session, text, last) == "exit":
+                    return
+            except LlmrunError as exc:
+                output.error(exc.message, exc.hint)
+            continue
+        try:
+            _reply(session, text, markdown, verbose)
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            output.info("(reply stopped)")
+        except LlmrunError as exc:
+            output.error(exc.message, exc.hint)
+        session.save(_ensure(last))
+
+
+def _multiline(prompt: object) -> str:
+    lines = []
+    while True:
+        line = prompt.prompt("... ")  # type: ignore[attr-defined]
+        if line.strip() == '"""':
+            return "\n".join(lines)
+        lines.append(line)
+
+
+__all__ = ["UsageError", "chat_cmd"]

@@ -1,0 +1,94 @@
+"""Slash commands inside `llmrun chat`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+from . import output
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+HELP = """\
+/help              this help
+/bye, /exit        leave (also Ctrl-D)
+/clear             forget the conversation (keeps the system prompt)
+/system TEXT       set the system prompt
+/set PARAM VALUE   temperature, top-p, top-k, min-p, repeat-penalty, seed, max-tokens
+/show              model, context, parameters, template source
+/save FILE         save the conversation as JSON
+/load FILE         load a conversation saved with /save
+/stats             timings of the last reply
+\"\"\"                start or end a multi-line message"""
+
+_PARAMS = {"temperature": float, "top-p": float, "top-k": int, "min-p": float,
+           "repeat-penalty": float, "seed": int, "max-tokens": int}
+
+
+def handle(session: Session, line: str, last: Path) -> str | None:
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd in ("/bye", "/exit", "/quit"):
+        return "exit"
+    if cmd in ("/help", "/?"):
+        output.info(HELP)
+    elif cmd == "/clear":
+        session.clear()
+        output.info("conversation cleared")
+    elif cmd == "/system":
+        session.system = arg or None
+        output.info("system prompt " + ("set" if arg else "cleared"))
+    elif cmd == "/set":
+        _set(session, arg)
+    elif cmd == "/show":
+        _show(session)
+    elif cmd == "/save":
+        if not arg:
+            raise UsageError("usage: /save FILE")
+        session.save(Path(arg).expanduser())
+        output.info(f"saved {len(session.messages)} message(s) to {arg}")
+    elif cmd == "/load":
+        if not arg:
+            raise UsageError("usage: /load FILE")
+        session.load(Path(arg).expanduser())
+        output.info(f"loaded {len(session.messages)} message(s)")
+    elif cmd == "/stats":
+        output.info(f"{len(session.messages)} message(s) in this conversation")
+        if session.last is not None:
+            from .gen import print_timings
+
+            print_timings(session.last)
+    else:
+        raise UsageError(f"unknown command {cmd}", hint="/help lists the commands")
+    return None
+
+
+def _set(session: Session, arg: str) -> None:
+    name, _, value = arg.partition(" ")
+    kind = _PARAMS.get(name.strip().lstrip("-"))
+    if kind is None:
+        raise UsageError(f"unknown parameter {name!r}", hint="one of: " + ", ".join(_PARAMS))
+    try:
+        parsed = kind(value.strip())
+    except ValueError:
+        raise UsageError(f"{name} needs a {kind.__name__}, got {value.strip()!r}") from None
+    setattr(session.sampling, name.strip().lstrip("-").replace("-", "_"), parsed)
+    output.info(f"{name} = {parsed}")
+
+
+def _show(session: Session) -> None:
+    m = session.model
+    used = len(session._tokens()) if session.messages or session.system else 0
+    s = session.sampling
+    output.info(
+        f"model:       {m.name} ({m.info.architecture}, {m.info.file_type})\n"
+        f"file:        {m.path}\n"
+        f"context:     {used} of {m.n_ctx} tokens used\n"
+        f"template:    {m.template[1]}\n"
+        f"system:      {session.system or '-'}\n"
+        f"parameters:  temperature={s.temperature} top_p={s.top_p} top_k={s.top_k} "
+        f"min_p={s.min_p} repeat_penalty={s.repeat_penalty} seed={s.seed} "
+        f"max_tokens={s.max_tokens}\n"
+        f"threads:     {m.threads}, gpu layers: {m.gpu_layers}")

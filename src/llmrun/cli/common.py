@@ -1,0 +1,96 @@
+"""Helpers shared by the command modules: settings, registry and model lookup."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import ModelNotPulled, UsageError
+from ..refs import HubRef, LocalRef, Ref, RegistryRef, parse
+from ..registry import Entry, Registry
+from ..settings import Settings
+from ..store import Manifest, Store
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError: a bad LLMRUN_* value
+        first = str(exc).splitlines()
+        raise UsageError("invalid LLMRUN_* setting: " + " ".join(first[:3])) from None
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    return Registry.load(settings().user_registry)
+
+
+def store() -> Store:
+    return Store(settings().home)
+
+
+def parse_ref(text: str) -> Ref:
+    return parse(text, registry())
+
+
+def imported(text: str) -> Manifest | None:
+    """A model imported under a name of the user's (checked before registry lookup)."""
+    from ..registry import NAME_RE
+
+    if not NAME_RE.match(text.lower()):
+        return None
+    manifest = store().get(text.lower())
+    return manifest if manifest is not None and manifest.kind == "import" else None
+
+
+def find_pulled(ref: Ref) -> Manifest | None:
+    """The manifest for a reference, if it was pulled (or imported under that name)."""
+    s = store()
+    if isinstance(ref, RegistryRef):
+        return s.get(ref.display)
+    if isinstance(ref, HubRef):
+        matches = [m for m in s.all() if m.repo and m.repo.lower() == ref.repo.lower()
+                   and m.kind == "hub"
+                   and (ref.quant is None or (m.quant or "").lower() == ref.quant.lower())]
+        return matches[0] if matches else None
+    return None
+
+
+def local_path(ref: Ref, text: str) -> tuple[Path, Manifest | None]:
+    """The model file to load for a reference that must already be on disk."""
+    if isinstance(ref, LocalRef):
+        return ref.path, None
+    manifest = find_pulled(ref)
+    if manifest is None:
+        raise ModelNotPulled(f"model {text!r} is not pulled", hint=f"llmrun pull {text}")
+    return manifest.model_path, manifest
+
+
+def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:
+    """(model file, display name, registry entry) for a reference; pulls it first when it
+    is missing, like `ollama run`, unless no_pull."""
+    manifest = imported(text)
+    ref: Ref | None = None
+    if manifest is None:
+        ref = parse_ref(text)
+        if isinstance(ref, LocalRef):
+            return ref.path, ref.path.name, None
+        manifest = find_pulled(ref)
+    if manifest is None:
+        assert ref is not None
+        if no_pull:
+            raise ModelNotPulled(f"model {text!r} is not pulled", hint=f"llmrun pull {text}")
+        from ..pull import pull
+        from .pull import PullEvents
+
+        events = PullEvents(quiet=False)
+        try:
+            manifest = pull(ref, settings(), events)
+        finally:
+            events.close()
+    entry = ref.entry if isinstance(ref, RegistryRef) else None
+    if entry is None and manifest.repo:
+        found = registry().by_repo_file(manifest.repo, manifest.files[0].path)
+        entry = found[1] if found else None
+    return manifest.model_path, manifest.name, entry

@@ -1,0 +1,162 @@
+"""Generation flags shared by `run` and `chat`, and the code that turns them into a session."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import UsageError
+from . import common, output
+
+if TYPE_CHECKING:
+    from ..engine import Result
+    from ..session import Session
+
+Temperature = Annotated[float | None, typer.Option(
+    "--temperature", min=0.0, max=5.0, help="0 = greedy (deterministic)")]
+TopP = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)]
+TopK = Annotated[int | None, typer.Option("--top-k", min=0)]
+MinP = Annotated[float | None, typer.Option("--min-p", min=0.0, max=1.0)]
+RepeatPenalty = Annotated[float | None, typer.Option("--repeat-penalty", min=0.0, max=5.0)]
+Seed = Annotated[int | None, typer.Option("--seed", min=0)]
+MaxTokens = Annotated[int | None, typer.Option("--max-tokens", "-n", min=1,
+                                               help="stop after N tokens")]
+Stop = Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")]
+Ctx = Annotated[int | None, typer.Option("--ctx", min=16, help="context size in tokens")]
+GpuLayers = Annotated[int | None, typer.Option(
+    "--gpu-layers", min=-1, help="layers to offload to the GPU; -1 = all (default when the "
+    "build supports offload)")]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="default: physical cores")]
+Raw = Annotated[bool, typer.Option("--raw", help="plain completion, no chat template")]
+Format = Annotated[str | None, typer.Option("--format", help="'json': output is valid JSON")]
+Schema = Annotated[str | None, typer.Option(
+    "--schema", help="JSON schema (file path or inline JSON) the output must match")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="timings on stderr")]
+NoPull = Annotated[bool, typer.Option("--no-pull", help="fail instead of pulling")]
+
+
+@dataclass
+class Flags:
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    repeat_penalty: float | None
+    seed: int | None
+    max_tokens: int | None
+    stop: list[str] | None
+    ctx: int | None
+    gpu_layers: int | None
+    threads: int | None
+    raw: bool
+    fmt: str | None
+    schema: str | None
+    verbose: bool
+    no_pull: bool
+
+
+def _schema(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read schema file {value}: {exc.strerror}") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--schema is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError("--schema must be a JSON object")
+    return schema
+
+
+def open_session(model: str, f: Flags, *, system: str | None, trim: bool = False) -> Session:
+    from ..engine import LoadOptions, Model, Sampling
+    from ..session import Session
+
+    if f.fmt not in (None, "json"):
+        raise UsageError(f"unknown --format {f.fmt!r}", hint="the only format is 'json'")
+    schema = _schema(f.schema)
+    s = common.settings()
+    path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
+    d = entry.defaults if entry else None
+    sampling = Sampling()
+    for key in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
+        value = getattr(f, key)
+        if value is None and d is not None:
+            value = getattr(d, key)
+        if value is not None:
+            setattr(sampling, key, value)
+    sampling.seed, sampling.max_tokens, sampling.stop = f.seed, f.max_tokens, list(f.stop or [])
+    sampling.json_schema, sampling.json_any = schema, f.fmt == "json"
+    opts = LoadOptions(n_ctx=f.ctx or s.ctx, n_gpu_layers=f.gpu_layers if f.gpu_layers is not None
+                       else s.gpu_layers, n_threads=f.threads or s.threads)
+    loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
+                   debug=s.debug or f.verbose, name=name)
+    if loaded.ctx_capped:
+        output.warn(f"--ctx capped at {loaded.n_ctx}, the context {name} was trained on")
+    return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
+
+
+class StdoutSink:
+    """Writes a streamed answer so that it ends in exactly one newline: leading blank lines are
+    dropped and trailing newlines are held back until more text follows."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.pending = ""
+
+    def write(self, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip("\n")
+            if not piece:
+                return
+            self.started = True
+        body = piece.rstrip("\n")
+        if body:
+            sys.stdout.write(self.pending + body)
+            sys.stdout.flush()
+            self.pending = piece[len(body):]
+        else:
+            self.pending += piece
+
+    def close(self) -> None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def answer(session: Session, prompt: str, sink: StdoutSink | None) -> Result:
+    """One prompt → one answer (written to the sink as it streams)."""
+    if not session.raw:
+        session.clear()
+    turn = session.ask(prompt)
+    try:
+        for piece in turn:
+            if sink is not None:
+                sink.write(piece)
+    finally:
+        if sink is not None:
+            sink.close()
+    return turn.result
+
+
+def print_timings(r: Result) -> None:
+    def rate(n: int, s: float) -> str:
+        return f"{n / s:.2f} tokens/s" if s > 0 else "-"
+
+    output.info(
+        f"load duration:        {r.load_s:.3f}s\n"
+        f"prompt eval count:    {r.prompt_tokens} token(s) ({r.prompt_evaluated} evaluated)\n"
+        f"prompt eval duration: {r.prompt_s:.3f}s\n"
+        f"prompt eval rate:     {rate(r.prompt_evaluated, r.prompt_s)}\n"
+        f"eval count:           {r.completion_tokens} token(s)\n"
+        f"eval duration:        {r.gen_s:.3f}s\n"
+        f"eval rate:            {rate(r.completion_tokens, r.gen_s)}")

@@ -1,0 +1,83 @@
+"""Terminal output rules: stdout carries only the product, everything else goes to stderr;
+colour and progress only on a terminal (Rich honours NO_COLOR); model text is written
+plainly, never parsed by Rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+_err: Console | None = None
+
+
+def err() -> Console:
+    global _err
+    if _err is None:
+        _err = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _err
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def info(message: str) -> None:
+    err().print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    err().print(f"[yellow]Warning:[/yellow] {_escape(message)}")
+
+
+def error(message: str, hint: str | None = None) -> None:
+    err().print(f"[bold red]Error:[/bold red] {_escape(message)}")
+    if hint:
+        err().print(f"[dim]Hint: {_escape(hint)}[/dim]")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def write(text: str) -> None:
+    """Product text on stdout, exactly as given."""
+    sys.stdout.write(text)
+
+
+def write_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def table(columns: list[str], rows: list[list[str]], *, right: set[int] | None = None) -> None:
+    """A Rich table on a terminal; tab-separated lines with a header when piped."""
+    if stdout_is_tty():
+        from rich.table import Table
+
+        t = Table(box=None, header_style="bold", pad_edge=False)
+        for i, c in enumerate(columns):
+            t.add_column(c, justify="right" if right and i in right else "left")
+        for r in rows:
+            t.add_row(*r)
+        Console(highlight=False).print(t)
+    else:
+        sys.stdout.write("\t".join(columns) + "\n")
+        for r in rows:
+            sys.stdout.write("\t".join(r) + "\n")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

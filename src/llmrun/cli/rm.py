@@ -1,0 +1,44 @@
+"""`llmrun rm NAME…`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from . import common, output
+
+
+def rm_cmd(
+    names: Annotated[list[str], typer.Argument(help="pulled or imported model names")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go")] = False,
+) -> None:
+    """Remove pulled models and free their disk space (files shared with others stay)."""
+    manifests = []
+    for name in names:
+        manifest = common.imported(name)
+        if manifest is None:
+            ref = common.parse_ref(name)
+            manifest = common.find_pulled(ref)
+        if manifest is None:
+            from ..errors import ModelNotPulled
+
+            raise ModelNotPulled(f"model {name!r} is not pulled", hint="see `llmrun list`")
+        manifests.append(manifest)
+    total = sum(m.size for m in manifests)
+    for m in manifests:
+        output.info(f"{'would remove' if dry_run else 'removing'} {m.name} "
+                    f"({output.human_size(m.size)})")
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without confirmation", hint="pass -y")
+        if not typer.confirm(f"Delete {len(manifests)} model(s), {output.human_size(total)}?"):
+            output.info("nothing removed")
+            return
+    freed = sum(common.store().remove(m.name) for m in manifests)
+    output.info(f"freed {output.human_size(freed)}")

@@ -1,0 +1,65 @@
+"""`llmrun run MODEL [PROMPT]`: answer once; for shell scripts and pipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from . import gen, output
+
+MAX_STDIN = 64 * 1024 * 1024
+
+
+def _read_stdin() -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        return ""
+    data = sys.stdin.buffer.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        raise UsageError(f"input on stdin is larger than {MAX_STDIN // 2**20} MiB")
+    return data.decode("utf-8", "replace")
+
+
+def run_cmd(
+    model: Annotated[str, typer.Argument(help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf")],
+    prompt: Annotated[str | None, typer.Argument(help="the prompt; stdin comes first")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
+    each_line: Annotated[bool, typer.Option(
+        "--each-line", help="every stdin line is its own prompt; the model loads once")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="one JSON object: text, finish reason, usage, timings")] = False,
+    temperature: gen.Temperature = None, top_p: gen.TopP = None, top_k: gen.TopK = None,
+    min_p: gen.MinP = None, repeat_penalty: gen.RepeatPenalty = None, seed: gen.Seed = None,
+    max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
+    gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, raw: gen.Raw = False,
+    fmt: gen.Format = None, schema: gen.Schema = None, verbose: gen.Verbose = False,
+    no_pull: gen.NoPull = False,
+) -> None:
+    """Answer one prompt (argument and/or piped stdin) on stdout, streamed."""
+    stdin = _read_stdin()
+    if each_line:
+        prompts = [line for line in stdin.splitlines() if line.strip()]
+        if prompt:
+            prompts = [f"{p}\n\n{prompt}" for p in prompts]
+    else:
+        text = "\n\n".join(p for p in (stdin.strip("\n"), prompt) if p)
+        if not text.strip():
+            raise UsageError("no prompt: give one as an argument or on stdin")
+        prompts = [text]
+    flags = gen.Flags(temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, stop,
+                      ctx, gpu_layers, threads, raw, fmt, schema, verbose, no_pull)
+    session = gen.open_session(model, flags, system=system)
+    for i, p in enumerate(prompts):
+        if as_json:
+            result = gen.answer(session, p, None)
+            output.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
+        else:
+            if i:
+                output.write("\n")
+            result = gen.answer(session, p, gen.StdoutSink())
+        sys.stdout.flush()
+        if verbose:
+            gen.print_timings(result)

@@ -1,0 +1,50 @@
+"""`llmrun verify [NAME…]`: re-hash pulled files against their recorded sha256."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ChecksumMismatch
+from . import common, output
+
+
+def verify_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="models to check (default: all)")]
+    = None,
+) -> None:
+    """Detect bit rot or tampering: every file is hashed and compared with its record."""
+    from ..store import sha256_file
+
+    store = common.store()
+    manifests = list(store.all()) if not names else [
+        common.imported(n) or store.require(_name(n)) for n in names]
+    bad = []
+    for m in manifests:
+        for f in m.files:
+            path = Path(f.local)
+            status = "ok"
+            if not path.exists():
+                status = "missing"
+            elif f.sha256 and sha256_file(path) != f.sha256:
+                status = "MISMATCH"
+            if status != "ok":
+                bad.append(f"{m.name}: {f.path}")
+            output.write(f"{status}\t{m.name}\t{f.path}\n")
+    if bad:
+        raise ChecksumMismatch(f"{len(bad)} file(s) failed verification: {bad[0]}",
+                               hint="run `llmrun pull --force NAME` to repair")
+
+
+def _name(text: str) -> str:
+    from ..refs import HubRef, RegistryRef
+
+    ref = common.parse_ref(text)
+    if isinstance(ref, RegistryRef):
+        return ref.display
+    if isinstance(ref, HubRef):
+        found = common.find_pulled(ref)
+        return found.name if found else ref.display
+    return text

@@ -1,0 +1,233 @@
+"""The only module that imports llama_cpp. Loads a model with explicit settings, formats chat
+prompts (GGUF template, else the registry's; never a silent fallback), checks prompt length
+against the context and streams tokens. A loaded Model keeps its KV cache between calls, so a
+chat turn evaluates only the new tokens."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import gguf_file, templates
+from .errors import ContextOverflow, ModelError, UsageError
+
+log = logging.getLogger("llmrun.llama")
+DEFAULT_CTX = 4096
+_log_callback: Any = None  # keep the ctypes callback alive
+
+
+@dataclass
+class LoadOptions:
+    n_ctx: int | None = None  # None: min(DEFAULT_CTX, trained context)
+    n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
+    n_threads: int | None = None  # None: physical cores
+    n_batch: int = 512
+    flash_attn: bool | None = None  # None: on when offloading to a GPU
+    use_mmap: bool = True
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None  # None: until end of turn or the context is full
+    stop: list[str] = field(default_factory=list)
+    json_schema: dict[str, Any] | None = None
+    json_any: bool = False
+
+
+@dataclass
+class Result:
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    load_s: float = 0.0
+    prompt_s: float = 0.0
+    gen_s: float = 0.0
+    prompt_evaluated: int = 0  # tokens actually evaluated (fewer when the KV prefix is reused)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text, "finish_reason": self.finish_reason,
+            "usage": {"prompt_tokens": self.prompt_tokens,
+                      "completion_tokens": self.completion_tokens,
+                      "total_tokens": self.prompt_tokens + self.completion_tokens},
+            "timings": {"load_s": round(self.load_s, 4), "prompt_s": round(self.prompt_s, 4),
+                        "generation_s": round(self.gen_s, 4),
+                        "prompt_tokens_evaluated": self.prompt_evaluated},
+        }
+
+
+def _route_llama_logs(debug: bool) -> None:
+    """Send llama.cpp's log lines to llmrun's logger instead of the user's stderr."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator, misc]
+    def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if debug:
+            log.debug(text.decode("utf-8", "replace").rstrip("\n"))
+
+    _log_callback = _cb
+    llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except Exception:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+class Model:
+    def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None = None,
+                 debug: bool = False, name: str | None = None) -> None:
+        self.path = path
+        self.name = name or path.name
+        self.info = gguf_file.read_info(path)  # pure-Python validation before native code
+        if self.info.split_count and self.info.split_count > 1:
+            gguf_file.check_split_set(path)
+        trained = self.info.context_length or DEFAULT_CTX
+        self.n_ctx = min(opts.n_ctx or DEFAULT_CTX, trained)
+        self.ctx_capped = opts.n_ctx is not None and opts.n_ctx > trained
+        _route_llama_logs(debug)
+        import llama_cpp
+
+        offload = gpu_offload_supported()
+        gpu_layers = opts.n_gpu_layers if opts.n_gpu_layers is not None else (
+            -1 if offload else 0)
+        self.gpu_layers = gpu_layers if offload else 0
+        self.threads = opts.n_threads or physical_cores()
+        start = time.perf_counter()
+        try:
+            self.llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
+                n_threads=self.threads, n_threads_batch=self.threads, n_batch=opts.n_batch,
+                flash_attn=opts.flash_attn if opts.flash_attn is not None else offload,
+                use_mmap=opts.use_mmap, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(
+                f"could not load {self.name}: {exc}",
+                hint="try a smaller --ctx or a smaller quant; LLMRUN_DEBUG=1 shows llama.cpp's log",
+            ) from None
+        self.load_s = time.perf_counter() - start
+        self.chat_format = chat_format
+        self._template: tuple[str, str] | None = None
+
+    # ---- chat formatting -------------------------------------------------------------
+    @property
+    def template(self) -> tuple[str, str]:
+        """(template text, where it came from); raises TemplateError when there is none."""
+        if self._template is None:
+            self._template = templates.resolve_template(self.info.chat_template,
+                                                        self.chat_format)
+        return self._template
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str:
+        text, source = self.template
+        return templates.render(text, messages, bos_token=self.info.bos_token or "",
+                                eos_token=self.info.eos_token or "", source=source)
+
+    def chat_stops(self) -> list[str]:
+        return templates.stop_strings(self.template[0], self.info.eos_token or "")
+
+    # ---- tokens ----------------------------------------------------------------------
+    def tokenize(self, text: str, *, templated: bool) -> list[int]:
+        data = text.encode("utf-8", "replace")
+        bos = self.info.bos_token
+        if templated:  # the template writes BOS itself when the model wants one
+            tokens = self.llama.tokenize(data, add_bos=not (bos and text.startswith(bos)),
+                                         special=True)
+        else:
+            tokens = self.llama.tokenize(data, add_bos=True, special=False)
+        return list(tokens)
+
+    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
+        if n_prompt >= self.n_ctx:
+            raise ContextOverflow(
+                f"prompt is {n_prompt} tokens, context is {self.n_ctx}",
+                hint="shorten the input or raise --ctx"
+                     + (f" (this model was trained on {self.info.context_length})"
+                        if self.info.context_length else ""))
+
+    # ---- generation ------------------------------------------------------------------
+    def generate(self, tokens: list[int], sampling: Sampling,
+                 result: Result | None = None) -> Iterator[str]:
+        """Stream text pieces for a prompt given as tokens; fills ``result`` as it goes."""
+        import llama_cpp
+
+        res = result if result is not None else Result()
+        self.check_fits(len(tokens), sampling.max_tokens)
+        res.prompt_tokens = len(tokens)
+        res.load_s = self.load_s
+        grammar = self._grammar(sampling)
+        max_tokens = sampling.max_tokens
+        if max_tokens is None or max_tokens <= 0 or len(tokens) + max_tokens > self.n_ctx:
+            max_tokens = self.n_ctx - len(tokens)
+        llama_cpp.llama_perf_context_reset(self.llama.ctx)
+        start = time.perf_counter()
+        first: float | None = None
+        stream = self.llama.create_completion(
+            tokens, max_tokens=max_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty, seed=sampling.seed, stop=sampling.stop,
+            grammar=grammar, stream=True)
+        try:
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                piece = choice.get("text") or ""
+                if first is None:
+                    first = time.perf_counter()
+                if piece:
+                    res.text += piece
+                    yield piece
+                if choice.get("finish_reason"):
+                    res.finish_reason = choice["finish_reason"]
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            perf = llama_cpp.llama_perf_context(self.llama.ctx)
+            res.prompt_evaluated = int(perf.n_p_eval)
+            res.completion_tokens = int(perf.n_eval)
+            res.prompt_s = perf.t_p_eval_ms / 1000 if perf.n_p_eval else (
+                (first or time.perf_counter()) - start)
+            res.gen_s = perf.t_eval_ms / 1000
+        if res.finish_reason is None:
+            res.finish_reason = "length"
+
+    def _grammar(self, sampling: Sampling) -> Any:
+        if sampling.json_schema is None and not sampling.json_any:
+            return None
+        from llama_cpp import llama_grammar
+
+        try:
+            if sampling.json_schema is not None:
+                return llama_grammar.LlamaGrammar.from_json_schema(
+                    json.dumps(sampling.json_schema), verbose=False)
+            return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+        except Exception as exc:
+            raise UsageError(f"cannot build a grammar from that JSON schema: {exc}") from None

@@ -1,0 +1,271 @@
+"""`llmrun pull`: resolve a reference to files, check space, fetch (hub or pip package),
+verify, link into the Hugging Face cache layout and record a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .download import Transfer
+from .errors import DiskFull, LlmrunError, NetworkError, NotFound
+from .refs import HubRef, LocalRef, Ref, RegistryRef
+from .registry import PackageSource
+from .settings import Settings
+from .store import Manifest, Store, StoredFile, hub_cache_dir, link_snapshot, repo_dir, write_ref
+
+
+class Events(Protocol):
+    """How pull reports what it does; the CLI renders these on stderr."""
+
+    def plan(self, plan: Plan, dest: Path) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def file_start(self, path: str, total: int | None, have: int) -> Callable[[int], None]: ...
+    def file_done(self, path: str) -> None: ...
+
+
+@dataclass
+class PlannedFile:
+    path: str
+    size: int | None
+    sha256: str | None
+    package: PackageSource | None = None
+
+
+@dataclass
+class Plan:
+    name: str
+    kind: str
+    repo: str
+    revision: str  # commit for the snapshot folder
+    quant: str | None
+    files: list[PlannedFile]
+    source: str  # hub | package
+    ref_name: str = "main"  # branch to record in refs/, if any
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int | None:
+        sizes = [f.size for f in self.files]
+        return None if None in sizes else sum(s or 0 for s in sizes)
+
+
+def _package_available(src: PackageSource) -> bool:
+    module = (src.entry or src.resource or "").split(":", 1)[0].split("/", 1)[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _placeholder_commit(files: list[PlannedFile]) -> str:
+    """A stable snapshot name for files that came from a package, not from a Hub commit."""
+    key = "llmrun-package:" + ",".join(f"{f.path}={f.sha256}" for f in files)
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def make_plan(ref: Ref, *, offline: bool) -> Plan:
+    if isinstance(ref, LocalRef):
+        raise LlmrunError(f"{ref.path} is a local file: nothing to pull",
+                          hint="use `llmrun import FILE --name NAME`, or run it directly")
+    from . import hub  # deferred: huggingface_hub is heavy
+
+    if isinstance(ref, RegistryRef):
+        entry = ref.entry
+        files = [PlannedFile(f.path, f.size, f.sha256, f.package)
+                 for f in entry.quants[ref.quant].files]
+        if all(f.package and f.sha256 and _package_available(f.package) for f in files):
+            return Plan(ref.display, "registry", entry.repo,
+                        entry.revision or _placeholder_commit(files), ref.quant, files, "package",
+                        ref_name="" if entry.revision is None else "main")
+        if offline:
+            raise _offline_error(ref.display, files)
+        commit = hub.resolve_commit(entry.repo, entry.revision)
+        for f in files:
+            _, remote = hub.file_info(entry.repo, f.path, commit)
+            f.size = f.size or remote.size
+            f.sha256 = f.sha256 or remote.sha256
+        return Plan(ref.display, "registry", entry.repo, commit, ref.quant, files, "hub",
+                    ref_name=entry.revision or "main")
+    assert isinstance(ref, HubRef)
+    if offline:
+        raise _offline_error(ref.display, [])
+    from . import quants
+
+    commit = hub.resolve_commit(ref.repo, ref.revision)
+    listing = {f.path: f for f in hub.list_files(ref.repo, commit)}
+    chosen = quants.select(list(listing), ref.quant, ref.repo)
+    missing = [p for p in chosen if p not in listing]
+    if missing:
+        raise NotFound(f"hf.co/{ref.repo} is missing split part {missing[0]}")
+    label = quants.quant_of(chosen[0]) or ref.quant or chosen[0]
+    files = [PlannedFile(p, listing[p].size, listing[p].sha256) for p in chosen]
+    return Plan(f"hf.co/{ref.repo}:{label}", "hub", ref.repo, commit, label, files, "hub",
+                ref_name=ref.revision or "main")
+
+
+def _offline_error(name: str, files: list[PlannedFile]) -> NetworkError:
+    pkgs = {f.package.name for f in files if f.package}
+    hint = (f"install its package: pip install {' '.join(sorted(pkgs))}" if pkgs
+            else "unset HF_HUB_OFFLINE to download it")
+    return NetworkError(f"{name} is not pulled and HF_HUB_OFFLINE is set", hint=hint)
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_space(plan: Plan, blobs: Path, events: Events) -> None:
+    if plan.size is None:
+        return
+    held = 0
+    for f in plan.files:
+        for p in (blobs / (f.sha256 or "?"), blobs / f"{f.sha256}.llmrun.part"):
+            if f.sha256 and p.exists():
+                held += p.stat().st_size
+    need = plan.size - held
+    free = _free_bytes(blobs)
+    if need > free:
+        raise DiskFull(f"not enough disk space for {plan.name}: need {_gb(need)}, "
+                       f"have {_gb(free)} free on {_mount_hint(blobs)}",
+                       hint="free some space (`llmrun rm`, `llmrun prune`) or set HF_HUB_CACHE")
+    try:
+        import psutil
+
+        ram = psutil.virtual_memory().total
+    except Exception:  # pragma: no cover - psutil unsupported platform
+        return
+    if plan.size * 1.2 > ram:
+        events.warn(f"{plan.name} needs about {_gb(int(plan.size * 1.2))} of memory; this "
+                    f"machine has {_gb(ram)}: it may not load, or run slowly")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _mount_hint(path: Path) -> Path:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
+def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -> Manifest:
+    from . import hub
+
+    store = Store(settings.home)
+    plan = make_plan(ref, offline=hub.is_offline())
+    existing = store.get(plan.name)
+    if existing and not force and all(Path(f.local).exists() for f in existing.files):
+        return existing
+    blobs = repo_dir(plan.repo) / "blobs"
+    events.plan(plan, repo_dir(plan.repo))
+    check_space(plan, blobs, events)
+    stored = []
+    for f in plan.files:
+        blob = _fetch_one(plan, f, blobs, settings, events, force=force)
+        local = link_snapshot(plan.repo, plan.revision, f.path, blob)
+        stored.append(StoredFile(f.path, str(local), blob.stat().st_size, f.sha256 or ""))
+    if plan.ref_name:
+        write_ref(plan.repo, plan.ref_name, plan.revision)
+    manifest = Manifest(plan.name, plan.kind, plan.repo, plan.revision, plan.quant, stored,
+                        plan.source)
+    store.save(manifest)
+    return manifest
+
+
+def _lock_path(repo: str, key: str) -> Path:
+    # The same lock huggingface_hub takes, so `hf download` and `llmrun pull` serialise too.
+    return hub_cache_dir() / ".locks" / ("models--" + repo.replace("/", "--")) / f"{key}.lock"
+
+
+def _fetch_one(plan: Plan, f: PlannedFile, blobs: Path, settings: Settings, events: Events,
+               *, force: bool) -> Path:
+    from filelock import FileLock
+
+    from . import store as store_mod
+
+    blobs.mkdir(parents=True, exist_ok=True)
+    key = f.sha256 or hashlib.sha256(f"{plan.repo}/{plan.revision}/{f.path}".encode()).hexdigest()
+    lock = _lock_path(plan.repo, key)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock):
+        blob = blobs / key
+        if blob.exists():
+            if not force and f.sha256 and store_mod.sha256_file(blob) == f.sha256:
+                return blob  # already here: pulled before, by llmrun or by huggingface_hub
+            blob.unlink()
+        progress = events.file_start(f.path, f.size, _part_size(blob))
+        if plan.source == "package":
+            assert f.package is not None
+            _from_package(f, blob)
+        else:
+            from . import download, hub
+
+            t = Transfer(hub.url(plan.repo, f.path, plan.revision), blob, f.size, f.sha256,
+                         f"hf.co/{plan.repo}/{f.path}")
+            download.fetch(t, hub.http(settings.stall_timeout), retries=settings.retries,
+                           backoff=settings.retry_backoff, progress=progress)
+            f.sha256 = t.sha256
+            if key != f.sha256 and f.sha256:  # sha256 learnt only now: name the blob by it
+                final = blobs / f.sha256
+                blob.replace(final)
+                blob = final
+        events.file_done(f.path)
+        return blob
+
+
+def _part_size(blob: Path) -> int:
+    part = blob.with_name(blob.name + ".llmrun.part")
+    return part.stat().st_size if part.exists() else 0
+
+
+def _from_package(f: PlannedFile, blob: Path) -> None:
+    """Write the file from an installed pip package, verify it, then move it into place."""
+    from . import download, store
+
+    assert f.package is not None and f.sha256 is not None
+    part = blob.with_name(blob.name + download.PART_SUFFIX)
+    part.unlink(missing_ok=True)
+    try:
+        if f.package.entry:
+            module, func = f.package.entry.split(":")
+            getattr(importlib.import_module(module), func)(part)
+        else:
+            from importlib import resources
+
+            module, _, inner = (f.package.resource or "").partition("/")
+            src = resources.files(module).joinpath(inner)
+            with src.open("rb") as fin, part.open("wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        if exc.errno == 28:
+            raise DiskFull(f"disk full while writing {f.path}", hint="free space and retry") \
+                from None
+        raise LlmrunError(f"package {f.package.name} could not provide {f.path}: {exc}") from None
+    except Exception as exc:
+        part.unlink(missing_ok=True)
+        raise LlmrunError(f"package {f.package.name} could not provide {f.path}: {exc}",
+                          hint=f"pip install --force-reinstall {f.package.name}") from None
+    digest = store.sha256_file(part)
+    if digest != f.sha256:
+        part.unlink(missing_ok=True)
+        raise download_mismatch(f, digest)
+    part.replace(blob)
+
+
+def download_mismatch(f: PlannedFile, digest: str) -> LlmrunError:
+    from .errors import ChecksumMismatch
+
+    return ChecksumMismatch(f"checksum mismatch for {f.path}: expected {f.sha256}, got {digest}",
+                            hint="the file was deleted; reinstall the package or pull again")

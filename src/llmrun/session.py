@@ -1,0 +1,112 @@
+"""A conversation with a loaded model: history, system prompt, context trimming, transcripts.
+
+Trimming policy (chat): when the next prompt would not leave ``reserve`` tokens for the reply,
+the oldest user/assistant turns are dropped, the system prompt is kept, and the caller is told
+how many turns went. A single message that cannot fit is an error, never silently cut.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine import Model, Result, Sampling
+from .errors import ContextOverflow, UsageError
+
+Message = dict[str, str]
+
+
+@dataclass
+class Turn:
+    """One generation: iterate it for text pieces; ``result`` is complete afterwards."""
+
+    pieces: Iterator[str]
+    result: Result
+    dropped: int = 0  # turns trimmed from the front to make room
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+
+@dataclass
+class Session:
+    model: Model
+    sampling: Sampling
+    system: str | None = None
+    raw: bool = False
+    trim: bool = True  # chat trims old turns; run fails instead
+    messages: list[Message] = field(default_factory=list)
+    last: Result | None = None  # the latest reply's numbers, for /stats
+
+    @property
+    def reserve(self) -> int:
+        want = self.sampling.max_tokens or 256
+        return max(1, min(want, self.model.n_ctx // 4))
+
+    def _all_messages(self) -> list[Message]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def _tokens(self) -> list[int]:
+        text = self.model.format_chat(self._all_messages())
+        return self.model.tokenize(text, templated=True)
+
+    def _fit(self) -> tuple[list[int], int]:
+        dropped = 0
+        tokens = self._tokens()
+        while self.trim and len(tokens) + self.reserve > self.model.n_ctx and len(
+                self.messages) > 1:
+            # drop the oldest exchange (user + assistant), keep the system prompt
+            cut = 2 if len(self.messages) > 2 and self.messages[1]["role"] == "assistant" else 1
+            del self.messages[:cut]
+            dropped += 1
+            tokens = self._tokens()
+        return tokens, dropped
+
+    def ask(self, text: str) -> Turn:
+        """Add a user message and start the reply (appended to history when complete)."""
+        result = self.last = Result()
+        if self.raw:
+            tokens = self.model.tokenize(text, templated=False)
+            return Turn(self.model.generate(tokens, self.sampling, result), result)
+        self.messages.append({"role": "user", "content": text})
+        try:
+            tokens, dropped = self._fit()
+            self.model.check_fits(len(tokens), self.sampling.max_tokens)
+        except ContextOverflow:
+            self.messages.pop()
+            raise
+        sampling = Sampling(**{**self.sampling.__dict__,
+                               "stop": self.sampling.stop + self.model.chat_stops()})
+        return Turn(self._record(self.model.generate(tokens, sampling, result), result),
+                    result, dropped)
+
+    def _record(self, pieces: Iterator[str], result: Result) -> Iterator[str]:
+        try:
+            yield from pieces
+        finally:  # a reply stopped by Ctrl-C is kept as far as it got
+            self.messages.append({"role": "assistant", "content": result.text.strip()})
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+    def save(self, path: Path) -> None:
+        data: dict[str, Any] = {"model": self.model.name, "system": self.system,
+                                "messages": self.messages}
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            messages = data["messages"]
+            ok = all(isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                     and isinstance(m.get("content"), str) for m in messages)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"cannot load transcript {path}: {exc}") from None
+        if not ok:
+            raise UsageError(f"{path} is not an llmrun transcript")
+        self.system = data.get("system") or self.system
+        self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -1,0 +1,220 @@
+"""What is pulled, and where. Weights live in the Hugging Face cache layout; llmrun's own
+records (one JSON manifest per pulled name) live under ``$LLMRUN_HOME/state``.
+
+The store never writes a model file in place: blobs appear by atomic rename, manifests by
+atomic replace, so a killed process leaves either the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from .download import PART_SUFFIX
+from .errors import CorruptModel, ModelNotPulled
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, resolved the way huggingface_hub and llama.cpp do."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def repo_dir(repo: str) -> Path:
+    return hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+
+
+@dataclass
+class StoredFile:
+    path: str  # file name inside the repo
+    local: str  # absolute path llama.cpp opens (a snapshot symlink or a blob)
+    size: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    name: str  # what the user typed, canonical (registry name or hf.co/ORG/REPO:QUANT)
+    kind: str  # registry | hub | import
+    repo: str | None
+    revision: str | None
+    quant: str | None
+    files: list[StoredFile]
+    source: str  # hub | package | import
+    pulled_at: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def model_path(self) -> Path:
+        """The file to hand llama.cpp: the first (or only) part."""
+        return Path(self.files[0].local)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        files = [StoredFile(**f) for f in data.pop("files")]
+        return cls(files=files, **data)
+
+
+def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def link_snapshot(repo: str, revision: str, path: str, blob: Path) -> Path:
+    """Point snapshots/<revision>/<path> at the blob (relative symlink, replaced atomically)."""
+    target = repo_dir(repo) / "snapshots" / revision / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(blob, target.parent)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.symlink(rel, tmp)
+    except OSError:  # no symlinks (some Windows setups): copy, as huggingface_hub does
+        import shutil
+
+        shutil.copyfile(blob, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def write_ref(repo: str, ref: str, revision: str) -> None:
+    atomic_write_text(repo_dir(repo) / "refs" / ref, revision)
+
+
+class Store:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.manifests = home / "state" / "manifests"
+        self.blobs = home / "blobs"  # imported files (copies)
+
+    def _manifest_path(self, name: str) -> Path:
+        return self.manifests / (quote(name, safe="") + ".json")
+
+    def save(self, manifest: Manifest) -> None:
+        atomic_write_text(self._manifest_path(manifest.name),
+                          json.dumps(asdict(manifest), indent=2) + "\n")
+
+    def get(self, name: str) -> Manifest | None:
+        path = self._manifest_path(name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as exc:
+            raise CorruptModel(f"llmrun's record for {name!r} is unreadable: {exc}",
+                               hint=f"delete {path} and pull again") from None
+        return Manifest.from_json(data)
+
+    def require(self, name: str) -> Manifest:
+        manifest = self.get(name)
+        if manifest is None:
+            raise ModelNotPulled(f"model {name!r} is not pulled", hint=f"llmrun pull {name}")
+        return manifest
+
+    def all(self) -> Iterator[Manifest]:
+        if not self.manifests.is_dir():
+            return
+        for path in sorted(self.manifests.glob("*.json")):
+            manifest = self.get(unquote(path.stem))
+            if manifest is not None:
+                yield manifest
+
+    def remove(self, name: str) -> int:
+        """Forget a model; delete its files unless another pulled model shares them.
+        Returns bytes freed."""
+        manifest = self.require(name)
+        self._manifest_path(name).unlink()
+        still_used = {f.sha256 for m in self.all() for f in m.files}
+        freed = 0
+        for f in manifest.files:
+            if f.sha256 in still_used:
+                continue
+            local = Path(f.local)
+            blob = local.resolve()
+            if local.is_symlink():
+                local.unlink(missing_ok=True)
+            if blob.is_file() and (_inside(blob, hub_cache_dir()) or _inside(blob, self.blobs)):
+                freed += blob.stat().st_size
+                blob.unlink()
+            _prune_empty_dirs(local.parent, stop=hub_cache_dir())
+        if manifest.repo and not any(m.repo == manifest.repo for m in self.all()):
+            _remove_repo_if_unused(manifest.repo)
+        return freed
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _prune_empty_dirs(start: Path, stop: Path) -> None:
+    current = start
+    while _inside(current, stop) and current.resolve() != stop.resolve():
+        try:
+            current.rmdir()
+        except OSError:
+            return
+        current = current.parent
+
+
+def _remove_repo_if_unused(repo: str) -> None:
+    """Drop the repo's cache folder when no blob is left in it (refs alone are not a model)."""
+    root = repo_dir(repo)
+    blobs = root / "blobs"
+    if blobs.is_dir() and any(not p.name.endswith(PART_SUFFIX) for p in blobs.iterdir()):
+        return
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def check_regular(path: Path) -> None:
+    """Refuse FIFOs, devices and directories without opening them (T13)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelNotPulled(f"model file {path} is missing",
+                             hint="run `llmrun pull --force NAME`") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CorruptModel(f"{path} is not a regular file", hint="point llmrun at a .gguf file")

