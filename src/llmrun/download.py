@@ -99,6 +99,9 @@ def _sync_digest(t: Transfer, have: int) -> None:
     if t._digest is not None and t._hashed == have:
         return
     digest = hashlib.sha256()
+    if have == 0:
+        t._digest, t._hashed = digest, 0
+        return
     with t.part.open("rb") as fh:
         remaining = have
         while remaining > 0 and (block := fh.read(min(CHUNK, remaining))):
@@ -128,7 +131,7 @@ def _attempt(t: Transfer, http: Http, progress: Progress | None) -> None:
             progress(have)
         with t.part.open("ab" if have else "wb") as out:
             try:
-                for block in resp.iter_bytes(CHUNK):
+                for block in resp.iter_bytes(64 * 1024):
                     out.write(block)
                     t._digest.update(block)
                     have += len(block)

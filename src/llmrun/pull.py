@@ -163,6 +163,10 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     from . import hub
 
     store = Store(settings.home)
+    if not force:  # already pulled: no network at all (works offline)
+        existing = store.find(ref)
+        if existing is not None:
+            return existing
     plan = make_plan(ref, offline=hub.is_offline())
     existing = store.get(plan.name)
     if existing and not force and all(Path(f.local).exists() for f in existing.files):

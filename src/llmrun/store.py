@@ -17,11 +17,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from .download import PART_SUFFIX
 from .errors import CorruptModel, ModelNotPulled
+
+if TYPE_CHECKING:
+    from .refs import Ref
 
 
 def hub_cache_dir() -> Path:
@@ -156,6 +159,22 @@ class Store:
             manifest = self.get(unquote(path.stem))
             if manifest is not None:
                 yield manifest
+
+    def find(self, ref: Ref) -> Manifest | None:
+        """The complete pulled copy of a registry or Hub reference, if there is one."""
+        from .refs import HubRef, RegistryRef
+
+        found: Manifest | None = None
+        if isinstance(ref, RegistryRef):
+            found = self.get(ref.display)
+        elif isinstance(ref, HubRef):
+            want = (ref.quant or "").lower()
+            found = next((m for m in self.all() if m.kind == "hub" and m.repo
+                          and m.repo.lower() == ref.repo.lower()
+                          and (not want or (m.quant or "").lower() == want)), None)
+        if found is not None and all(Path(f.local).exists() for f in found.files):
+            return found
+        return None
 
     def remove(self, name: str) -> int:
         """Forget a model; delete its files unless another pulled model shares them.

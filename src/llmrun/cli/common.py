@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ModelNotPulled, UsageError
-from ..refs import HubRef, LocalRef, Ref, RegistryRef, parse
+from ..refs import LocalRef, Ref, RegistryRef, parse
 from ..registry import Entry, Registry
 from ..settings import Settings
 from ..store import Manifest, Store
@@ -45,26 +45,8 @@ def imported(text: str) -> Manifest | None:
 
 
 def find_pulled(ref: Ref) -> Manifest | None:
-    """The manifest for a reference, if it was pulled (or imported under that name)."""
-    s = store()
-    if isinstance(ref, RegistryRef):
-        return s.get(ref.display)
-    if isinstance(ref, HubRef):
-        matches = [m for m in s.all() if m.repo and m.repo.lower() == ref.repo.lower()
-                   and m.kind == "hub"
-                   and (ref.quant is None or (m.quant or "").lower() == ref.quant.lower())]
-        return matches[0] if matches else None
-    return None
-
-
-def local_path(ref: Ref, text: str) -> tuple[Path, Manifest | None]:
-    """The model file to load for a reference that must already be on disk."""
-    if isinstance(ref, LocalRef):
-        return ref.path, None
-    manifest = find_pulled(ref)
-    if manifest is None:
-        raise ModelNotPulled(f"model {text!r} is not pulled", hint=f"llmrun pull {text}")
-    return manifest.model_path, manifest
+    """The manifest for a reference, if it was pulled."""
+    return store().find(ref)
 
 
 def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:

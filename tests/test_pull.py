@@ -1,0 +1,311 @@
+"""`llmrun pull` against a real Hub-compatible server on loopback (the Hub double), with
+faults injected: resume after SIGKILL, Range ignored, flipped bytes, drops, auth, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Cli, make_env
+from hubdouble import HubDouble
+
+REPO = "test-org/tiny-GGUF"
+Q4 = "tiny-model-Q4_K_M.gguf"
+Q8 = "tiny-model-Q8_0.gguf"
+SIZE = 3 * 1024 * 1024 + 17
+
+
+def _data(seed: int, size: int = SIZE) -> bytes:
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block * 64
+    return bytes(out[:size])
+
+
+@pytest.fixture
+def hub() -> Iterator[HubDouble]:
+    with HubDouble() as h:
+        h.add_file(REPO, Q4, _data(1))
+        h.add_file(REPO, Q8, _data(2))
+        h.add_file(REPO, "mmproj-tiny-F16.gguf", _data(3, 1000))
+        h.add_file(REPO, "README.md", b"# tiny\n")
+        yield h
+
+
+@pytest.fixture
+def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
+    env = make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0",
+                   LLMRUN_STALL_TIMEOUT="3")
+    return Cli(env, tmp_path)
+
+
+def _gets(hub: HubDouble, name: str) -> list[dict[str, str]]:
+    return [r.headers for r in hub.requests if r.method == "GET" and "/resolve/" in r.path
+            and r.path.endswith(name)]
+
+
+def _blob(root: Path, data: bytes) -> Path:
+    return (root / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+            / hashlib.sha256(data).hexdigest())
+
+
+def test_pull_default_quant_into_hf_cache_layout(hcli: Cli, hub: HubDouble) -> None:
+    proc = hcli("pull", f"hf.co/{REPO}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # the product of pull is the file; messages go to stderr
+    assert "tiny-model-Q4_K_M.gguf" in proc.stderr
+    blob = _blob(hcli.root, _data(1))
+    assert blob.read_bytes() == _data(1)
+    # huggingface_hub itself finds the file in its cache, offline
+    code = ("from huggingface_hub import try_to_load_from_cache as t;"
+            f"print(t({REPO!r}, {Q4!r}))")
+    found = subprocess.run([sys.executable, "-c", code], env=hcli.env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert Path(found).resolve() == blob.resolve()
+    listing = hcli("list", "--json")
+    models = json.loads(listing.stdout)
+    assert [m["name"] for m in models] == [f"hf.co/{REPO}:Q4_K_M"]
+    assert models[0]["size"] == SIZE
+
+
+def test_pull_quiet_prints_only_the_path(hcli: Cli) -> None:
+    proc = hcli("pull", "-q", f"hf.co/{REPO}:q8_0")
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert proc.stdout.count("\n") == 1 and path.name == Q8
+    assert path.read_bytes() == _data(2)
+
+
+def test_unknown_quant_lists_available(hcli: Cli) -> None:
+    proc = hcli("pull", f"hf.co/{REPO}:Q5_K_M")
+    assert proc.returncode == 3
+    assert "Q4_K_M" in proc.stderr and "Q8_0" in proc.stderr and "MMPROJ" not in proc.stderr
+
+
+def test_split_model_fetches_every_part(hcli: Cli, hub: HubDouble) -> None:
+    parts = [f"big/big-Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    for i, p in enumerate(parts):
+        hub.add_file("test-org/split-GGUF", p, _data(10 + i, 100_000))
+    proc = hcli("pull", "-q", "hf.co/test-org/split-GGUF")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(parts[0])
+    model = json.loads(hcli("list", "--json").stdout)[0]
+    assert model["files"] == parts and model["size"] == 300_000
+
+
+def test_resume_after_sigkill_continues_from_bytes_on_disk(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(throttle_bps=400_000)
+    proc = hcli.popen("pull", f"hf.co/{REPO}", stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+    part = _blob(hcli.root, _data(1)).with_name(_blob(hcli.root, _data(1)).name + ".llmrun.part")
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size >= SIZE // 4):
+        assert proc.poll() is None and time.monotonic() < deadline, "pull did not progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    held = part.stat().st_size
+    assert 0 < held < SIZE
+    assert not _blob(hcli.root, _data(1)).exists()
+    assert json.loads(hcli("list", "--json").stdout) == []  # nothing counts as pulled
+    hub.reset_faults()
+    hub.clear_requests()
+    again = hcli("pull", f"hf.co/{REPO}")
+    assert again.returncode == 0, again.stderr
+    ranges = [h.get("range") for h in _gets(hub, Q4)]
+    assert ranges == [f"bytes={held}-"]  # one request, starting at the byte already held
+    assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
+    assert not part.exists()
+
+
+def test_server_ignoring_range_restarts_the_file(hcli: Cli, hub: HubDouble) -> None:
+    blob = _blob(hcli.root, _data(1))
+    blob.parent.mkdir(parents=True)
+    blob.with_name(blob.name + ".llmrun.part").write_bytes(_data(1)[:5000])
+    hub.set_faults(ignore_range=True)
+    proc = hcli("pull", f"hf.co/{REPO}")
+    assert proc.returncode == 0, proc.stderr
+    assert blob.read_bytes() == _data(1)
+    gets = _gets(hub, Q4)
+    assert gets[0].get("range") == "bytes=5000-" and "range" not in gets[-1]
+
+
+def test_a_dropped_connection_is_resumed_within_the_run(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(drop_after=1_000_000, drop_times=1)
+    proc = hcli("pull", f"hf.co/{REPO}")
+    assert proc.returncode == 0, proc.stderr
+    ranges = [h.get("range") for h in _gets(hub, Q4)]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+    assert int(ranges[1][6:-1]) > 0
+    assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
+
+
+def test_persistent_drops_give_up_with_exit_4(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(drop_after=1000)
+    proc = hcli("pull", f"hf.co/{REPO}", env={"LLMRUN_RETRIES": "2"})
+    assert proc.returncode == 4
+    assert "after 2 retries" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(_gets(hub, Q4)) == 3
+    assert not _blob(hcli.root, _data(1)).exists()
+    assert json.loads(hcli("list", "--json").stdout) == []
+
+
+def test_flipped_byte_fails_checksum_and_deletes(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(flip_byte_at=12345)
+    proc = hcli("pull", f"hf.co/{REPO}")
+    assert proc.returncode == 4
+    assert "checksum mismatch" in proc.stderr
+    blobs = _blob(hcli.root, _data(1)).parent
+    assert list(blobs.iterdir()) == []  # neither the blob nor a partial file is kept
+
+
+def test_stall_times_out_and_retries(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(stall_after=500_000, stall_seconds=30, stall_times=1)
+    proc = hcli("pull", f"hf.co/{REPO}", env={"LLMRUN_STALL_TIMEOUT": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert len(_gets(hub, Q4)) == 2
+    assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
+
+
+def test_concurrent_pulls_download_once(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(throttle_bps=3_000_000)
+    procs = [hcli.popen("pull", f"hf.co/{REPO}", stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE) for _ in range(4)]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0, 0, 0, 0], [p.stderr.read() for p in procs if p.stderr]
+    for p in procs:
+        assert p.stderr is not None
+        p.stderr.close()
+    assert len(_gets(hub, Q4)) == 1
+    assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
+
+
+def test_auth_required_and_token_never_printed(hcli: Cli, hub: HubDouble) -> None:
+    token = "hf_secretTOKEN1234567890"
+    hub.set_faults(require_token=token)
+    denied = hcli("pull", f"hf.co/{REPO}")
+    assert denied.returncode in (3, 4), denied.stderr
+    assert "HF_TOKEN" in denied.stderr
+    ok = hcli("pull", f"hf.co/{REPO}", env={"HF_TOKEN": token, "LLMRUN_DEBUG": "1"})
+    assert ok.returncode == 0, ok.stderr
+    assert token not in ok.stdout + ok.stderr
+    assert all(h.get("authorization") == f"Bearer {token}" for h in _gets(hub, Q4))
+
+
+def test_gated_repo_message(hcli: Cli, hub: HubDouble) -> None:
+    hub.add_file("test-org/gated-GGUF", Q4, _data(1, 1000))
+    hub.add_repo("test-org/gated-GGUF", gated="manual")
+    proc = hcli("pull", "hf.co/test-org/gated-GGUF", env={"HF_TOKEN": "hf_nope"})
+    assert proc.returncode == 4 and "gated" in proc.stderr
+
+
+def test_missing_repo_is_not_found(hcli: Cli) -> None:
+    proc = hcli("pull", "hf.co/test-org/does-not-exist")
+    assert proc.returncode == 3 and "not found" in proc.stderr
+
+
+def test_offline(hcli: Cli, hub: HubDouble) -> None:
+    off = {"HF_HUB_OFFLINE": "1"}
+    proc = hcli("pull", f"hf.co/{REPO}", env=off)
+    assert proc.returncode == 4 and "HF_HUB_OFFLINE" in proc.stderr
+    assert hub.requests == []
+    assert hcli("pull", f"hf.co/{REPO}").returncode == 0
+    hub.clear_requests()
+    again = hcli("pull", "-q", f"hf.co/{REPO}", env=off)
+    assert again.returncode == 0 and again.stdout.strip().endswith(Q4)
+    assert hub.requests == []  # already pulled: zero requests
+
+
+@pytest.mark.parametrize("name", [
+    "../../etc/passwd", "/etc/passwd", "org/../../x", "C:\\x", "\\\\host\\share\\x",
+    "%2e%2e%2f", "bad\x01name", "a" * 10_000, "hf.co/org/repo:../../q4", "hf.co/../x",
+    "hf.co/org/repo@../../main",
+])
+def test_path_traversal_names_are_rejected_before_any_access(
+        hcli: Cli, hub: HubDouble, name: str) -> None:
+    before = sorted(p for p in hcli.root.rglob("*"))
+    proc = hcli("pull", name)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Error:") and "Traceback" not in proc.stderr
+    assert hub.requests == []
+    assert sorted(p for p in hcli.root.rglob("*")) == before
+
+
+def test_not_enough_disk_space_is_refused_before_downloading(
+        hcli: Cli, hub: HubDouble) -> None:
+    sha = hashlib.sha256(_data(1)).hexdigest()
+    (hcli.root / "home").mkdir()
+    (hcli.root / "home" / "models.yaml").write_text(f"""
+schema: 1
+models:
+  huge:1t:
+    title: Huge
+    family: huge
+    params: 1000B
+    license: mit
+    repo: {REPO}
+    default_quant: Q4_K_M
+    quants:
+      Q4_K_M:
+        files: [{{path: {Q4}, size: 900000000000000, sha256: {sha}}}]
+""")
+    proc = hcli("pull", "huge:1t")
+    assert proc.returncode == 4, proc.stderr
+    assert "not enough disk space" in proc.stderr and "need" in proc.stderr
+    assert _gets(hub, Q4) == []
+
+
+def test_registry_entry_pulls_from_hub_and_checks_registry_sha(
+        hcli: Cli, hub: HubDouble) -> None:
+    (hcli.root / "home").mkdir()
+    wrong = "0" * 64
+    (hcli.root / "home" / "models.yaml").write_text(f"""
+schema: 1
+models:
+  tiny:q4:
+    title: Tiny
+    family: tiny
+    params: 1M
+    license: mit
+    repo: {REPO}
+    default_quant: Q4_K_M
+    quants:
+      Q4_K_M:
+        files: [{{path: {Q4}, size: {SIZE}, sha256: "{wrong}"}}]
+""")
+    proc = hcli("pull", "tiny:q4")
+    assert proc.returncode == 4 and "checksum mismatch" in proc.stderr
+
+
+def test_malformed_user_registry_names_each_bad_field(hcli: Cli) -> None:
+    (hcli.root / "home").mkdir()
+    (hcli.root / "home" / "models.yaml").write_text("""
+schema: 1
+models:
+  bad:1b:
+    title: Bad
+    family: bad
+    params: lots
+    license: mit
+    repo: ../evil
+    default_quant: Q4_K_M
+    surprise: true
+    quants:
+      Q4_K_M:
+        files: [{path: ../../x.gguf}]
+""")
+    proc = hcli("catalog")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    for field in ("params", "repo", "surprise", "path"):
+        assert any(field in line for line in lines), (field, proc.stderr)
+    assert "Traceback" not in proc.stderr
