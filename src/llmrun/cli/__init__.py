@@ -13,9 +13,14 @@ from ..errors import LlmrunError
 from ..exit_codes import ExitCode
 from . import output
 from .catalog import catalog_cmd
+from .chat import chat_cmd
+from .import_ import import_cmd
 from .list_ import list_cmd
 from .pull import pull_cmd
 from .rm import rm_cmd
+from .run import run_cmd
+from .show import show_cmd
+from .verify import verify_cmd
 
 app = typer.Typer(
     name="llmrun",
@@ -43,25 +48,16 @@ def _root(
     3 model not found, 4 download/network, 5 model load or context, 130 interrupted."""
 
 
+app.command("run")(run_cmd)
+app.command("chat")(chat_cmd)
 app.command("pull")(pull_cmd)
 app.command("list")(list_cmd)
 app.command("ls", hidden=True)(list_cmd)
+app.command("show")(show_cmd)
 app.command("rm")(rm_cmd)
 app.command("catalog")(catalog_cmd)
-
-for _mod, _fn, _name in (
-    ("show", "show_cmd", "show"),
-    ("import_", "import_cmd", "import"),
-    ("verify", "verify_cmd", "verify"),
-    ("run", "run_cmd", "run"),
-    ("chat", "chat_cmd", "chat"),
-):
-    try:
-        _m = __import__(f"llmrun.cli.{_mod}", fromlist=[_fn])
-    except ModuleNotFoundError:
-        continue
-    app.command(_name)(getattr(_m, _fn))
-
+app.command("import")(import_cmd)
+app.command("verify")(verify_cmd)
 
 def _debug() -> bool:
     return os.environ.get("LLMRUN_DEBUG", "").lower() in ("1", "true", "yes")

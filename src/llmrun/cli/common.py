@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelNotPulled, UsageError
-from ..refs import LocalRef, Ref, RegistryRef, parse
-from ..registry import Entry, Registry
-from ..settings import Settings
-from ..store import Manifest, Store
+
+if TYPE_CHECKING:  # imported lazily: pydantic and yaml are not needed for --help
+    from ..refs import Ref
+    from ..registry import Entry, Registry
+    from ..settings import Settings
+    from ..store import Manifest, Store
 
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:
+    from ..settings import Settings
+
     try:
         return Settings()
     except Exception as exc:  # pydantic ValidationError: a bad LLMRUN_* value
@@ -23,14 +28,20 @@ def settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def registry() -> Registry:
+    from ..registry import Registry
+
     return Registry.load(settings().user_registry)
 
 
 def store() -> Store:
+    from ..store import Store
+
     return Store(settings().home)
 
 
 def parse_ref(text: str) -> Ref:
+    from ..refs import parse
+
     return parse(text, registry())
 
 
@@ -52,6 +63,8 @@ def find_pulled(ref: Ref) -> Manifest | None:
 def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:
     """(model file, display name, registry entry) for a reference; pulls it first when it
     is missing, like `ollama run`, unless no_pull."""
+    from ..refs import LocalRef, RegistryRef
+
     manifest = imported(text)
     ref: Ref | None = None
     if manifest is None:

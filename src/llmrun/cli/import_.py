@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidReference, NotFound, UsageError
-from ..registry import NAME_RE
 from . import common, output
 
 
@@ -23,6 +22,7 @@ def import_cmd(
     """Import a local GGUF (validated) under NAME. It is copied into llmrun's store unless
     --link; `llmrun verify` notices if a linked file changes."""
     from .. import gguf_file
+    from ..registry import NAME_RE
     from ..store import Manifest, StoredFile, sha256_file
 
     name = name.lower()

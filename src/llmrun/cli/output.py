@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _err: Console | None = None
 
 
 def err() -> Console:
+    """Rich console on stderr, created on first use (Rich costs start-up time)."""
     global _err
     if _err is None:
+        from rich.console import Console
+
         _err = Console(stderr=True, highlight=False, soft_wrap=True)
     return _err
 
@@ -67,6 +71,8 @@ def table(columns: list[str], rows: list[list[str]], *, right: set[int] | None =
             t.add_column(c, justify="right" if right and i in right else "left")
         for r in rows:
             t.add_row(*r)
+        from rich.console import Console
+
         Console(highlight=False).print(t)
     else:
         sys.stdout.write("\t".join(columns) + "\n")
