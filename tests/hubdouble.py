@@ -292,7 +292,7 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if end < start:
+    if last and end < start:
         return None
     if start >= size:
         return "416"

@@ -21,6 +21,7 @@ import httpx2
 import pytest
 from hubdouble import Faults, HubDouble
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -121,7 +122,11 @@ def test_list_repo_tree_expand(hub: HubDouble) -> None:
         f"version https://git-lfs.github.com/spec/v1\noid sha256:{MODEL_SHA}\nsize {len(MODEL)}\n"
     )
     assert files["README.md"].lfs is None and files["README.md"].blob_id == README_GIT_OID
-    assert files["model.gguf"].last_commit.oid == commit
+    # lastCommit is the commit that last touched the file: the fixture added files one by one.
+    assert files["sub/extra.gguf"].last_commit.oid == commit
+    first = files["model.gguf"].last_commit.oid
+    assert first != commit
+    assert _api(hub.url).model_info(REPO, revision=first).siblings[0].rfilename == "model.gguf"
     assert files["model.gguf"].security.safe is True
 
     top = [e.path for e in _api(hub.url).list_repo_tree(REPO)]
@@ -247,13 +252,23 @@ def test_short_body_every_time(hub: HubDouble) -> None:
         assert err is not None and got == MODEL[:1234]
 
 
-def test_hf_hub_download_resumes_with_range_after_drop(hub: HubDouble, tmp_path: Path) -> None:
+def test_hf_hub_download_after_drop(hub: HubDouble, tmp_path: Path) -> None:
+    # huggingface_hub 2.4 reads the body in DOWNLOAD_CHUNK_SIZE (10 MiB) pieces and only counts
+    # complete pieces as downloaded: a drop inside the first 10 MiB restarts from byte 0
+    # without Range; a later drop resumes with Range from the last complete piece.
     hub.faults = Faults(drop_after=100_000, drop_times=1)
-    path = _download(hub.url, tmp_path / "cache")
-    assert Path(path).read_bytes() == MODEL
+    assert Path(_download(hub.url, tmp_path / "c1")).read_bytes() == MODEL
     gets = hub.requests_for("/resolve/main/model.gguf", "GET")
+    assert len(gets) == 2 and not any("range" in g.headers for g in gets)
+
+    big = random.Random(7).randbytes(DOWNLOAD_CHUNK_SIZE + 1_000_000)
+    hub.add_file(REPO, "big.gguf", big)
+    hub.clear_requests()
+    hub.faults = Faults(drop_after=DOWNLOAD_CHUNK_SIZE + 500_000, drop_times=1)
+    assert Path(_download(hub.url, tmp_path / "c2", "big.gguf")).read_bytes() == big
+    gets = hub.requests_for("/resolve/main/big.gguf", "GET")
     assert len(gets) == 2 and "range" not in gets[0].headers
-    assert gets[1].headers["range"] == "bytes=100000-"
+    assert gets[1].headers["range"] == f"bytes={DOWNLOAD_CHUNK_SIZE}-"
     assert [r.status for r in hub.responses if r.method == "GET"] == [200, 206]
 
 

@@ -70,7 +70,7 @@ def fetch(t: Transfer, http: Http, *, retries: int = 5, backoff: float = 1.0,
             break
         except _Restart:
             t.part.unlink(missing_ok=True)
-        except (*http.transient, _ShortRead) as exc:
+        except (*http.transient, _ShortRead) as exc:  # type: ignore[misc]
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise _disk_full(t) from None
             failures += 1

@@ -78,7 +78,7 @@ def _route_llama_logs(debug: bool) -> None:
     if _log_callback is not None:
         return
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator, misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         if debug:
             log.debug(text.decode("utf-8", "replace").rstrip("\n"))
@@ -190,14 +190,14 @@ class Model:
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         start = time.perf_counter()
         first: float | None = None
-        stream = self.llama.create_completion(
+        stream: Any = self.llama.create_completion(
             tokens, max_tokens=max_tokens, temperature=sampling.temperature,
             top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
             repeat_penalty=sampling.repeat_penalty, seed=sampling.seed, stop=sampling.stop,
             grammar=grammar, stream=True)
         try:
             for chunk in stream:
-                choice = chunk["choices"][0]
+                choice: dict[str, Any] = chunk["choices"][0]
                 piece = choice.get("text") or ""
                 if first is None:
                     first = time.perf_counter()

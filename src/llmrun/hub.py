@@ -8,7 +8,10 @@ from typing import Any
 
 import huggingface_hub
 from huggingface_hub import constants, errors, get_session, hf_hub_url
-from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+from huggingface_hub.utils import (  # type: ignore[attr-defined]
+    build_hf_headers,
+    hf_raise_for_status,
+)
 
 from . import __version__
 from .download import Http

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,7 +18,7 @@ def catalog_cmd(
 
     ram = psutil.virtual_memory().total
     pulled = {m.name for m in common.store().all()}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, e in sorted(common.registry().models.items(), key=lambda kv: kv[1].param_count):
         text = f"{name} {e.family} {e.title}".lower()
         if term and term.lower() not in text:

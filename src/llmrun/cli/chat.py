@@ -135,7 +135,7 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool) ->
 
 
 def _multiline(prompt: object) -> str:
-    lines = []
+    lines: list[str] = []
     while True:
         line = prompt.prompt("... ")  # type: ignore[attr-defined]
         if line.strip() == '"""':

@@ -1,0 +1,188 @@
+"""`llmrun run` with the real Gemma 3 270M model: greedy completions, pipes, JSON, schema,
+batches, timings, context overflow, SIGPIPE, Ctrl-C, and a clean stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import GEMMA, Cli
+
+GREEDY = ("--temperature", "0", "--seed", "1")
+LLAMA_LOG = re.compile(r"llama_|ggml_|load_tensors|print_info|gguf_|kv_cache|sched_|n_ctx")
+
+
+def _clean(stderr: str) -> None:
+    assert not LLAMA_LOG.search(stderr), stderr
+    assert "Traceback" not in stderr
+
+
+def test_raw_greedy_completion_knows_paris(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "12", "The capital of France is")
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+    assert proc.stdout.endswith("\n") and not proc.stdout.endswith("\n\n")
+    _clean(proc.stderr)
+    again = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "12", "The capital of France is")
+    assert again.stdout == proc.stdout  # greedy decoding is deterministic
+
+
+def test_stdin_then_blank_line_then_prompt(gemma_cli: Cli) -> None:
+    args = ("run", GEMMA, "--raw", *GREEDY, "-n", "8")
+    piped = gemma_cli(*args, "Translate to French:", input="The cat sleeps.\n")
+    joined = gemma_cli(*args, "The cat sleeps.\n\nTranslate to French:")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == joined.stdout and piped.stdout.strip()
+    only_stdin = gemma_cli(*args, input="The capital of France is")
+    assert "Paris" in only_stdin.stdout
+
+
+def test_chat_template_from_registry(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, *GREEDY, "-n", "16", "--json", "What is 2+2?")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["finish_reason"] in ("stop", "length")
+    # the Gemma turn template wraps the question, so the prompt is longer than the question
+    raw = json.loads(gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "1", "--json",
+                               "What is 2+2?").stdout)
+    assert data["usage"]["prompt_tokens"] > raw["usage"]["prompt_tokens"] + 5
+
+
+def test_json_output_and_length_finish(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "5", "--json", "Once upon a time")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert proc.stdout.count("\n") == 1
+    assert data["finish_reason"] == "length"
+    assert data["usage"]["completion_tokens"] == 5
+    assert data["usage"]["prompt_tokens"] >= 4
+    assert data["timings"]["generation_s"] > 0 and data["text"]
+
+
+def test_schema_constrains_output(gemma_cli: Cli, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "population": {"type": "integer"}}, "required": ["city", "population"],
+        "additionalProperties": False}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    proc = gemma_cli("run", GEMMA, *GREEDY, "-n", "80", "--schema", str(path),
+                     "Give the largest city of Japan and its population as JSON.")
+    assert proc.returncode == 0, proc.stderr
+    obj = json.loads(proc.stdout)
+    assert set(obj) == {"city", "population"}
+    assert isinstance(obj["city"], str) and isinstance(obj["population"], int)
+    fmt = gemma_cli("run", GEMMA, *GREEDY, "-n", "60", "--format", "json",
+                    "List two colors as JSON.")
+    assert fmt.returncode == 0, fmt.stderr
+    json.loads(fmt.stdout)
+    bad = gemma_cli("run", GEMMA, "--schema", "{not json", "x")
+    assert bad.returncode == 2 and "schema" in bad.stderr
+
+
+def test_each_line_loads_once_and_matches_single_runs(gemma_cli: Cli) -> None:
+    prompts = ["The capital of France is", "Water is made of", "One, two, three,"]
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "6", "--json", "--each-line",
+                     input="\n".join(prompts) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 3
+    for p, row in zip(prompts, rows, strict=True):
+        single = json.loads(gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "6", "--json",
+                                      p).stdout)
+        assert row["text"] == single["text"]
+    plain = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "6", "--each-line",
+                      input="\n".join(prompts) + "\n")
+    assert plain.stdout.count("\n\n") == 2  # answers separated by blank lines
+
+
+def test_verbose_prints_timings_on_stderr(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "4", "-v", "Hello")
+    assert proc.returncode == 0
+    for label in ("load duration", "prompt eval rate", "eval count:", "eval rate"):
+        assert label in proc.stderr
+    assert "eval rate" not in proc.stdout
+
+
+def test_prompt_longer_than_context_exits_5(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", "--ctx", "64", "word " * 200)
+    assert proc.returncode == 5
+    assert re.search(r"prompt is \d+ tokens, context is 64", proc.stderr)
+    _clean(proc.stderr)
+
+
+def test_no_prompt_is_a_usage_error(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, input="")
+    assert proc.returncode == 2 and "no prompt" in proc.stderr
+
+
+def test_invalid_utf8_on_stdin_is_replaced(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "3", input=b"caf\xe9 \xff is")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sigpipe_ends_quietly(gemma_cli: Cli) -> None:
+    cmd = (f"{sys.executable} -m llmrun run {GEMMA} --raw -n 200 --temperature 0 "
+           "'Once upon a time' | head -c1")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=gemma_cli.env,
+                          capture_output=True, text=True, timeout=300)
+    assert len(proc.stdout) == 1
+    assert proc.returncode in (0, 141), proc.stderr
+    assert proc.stderr == ""
+
+
+def test_ctrl_c_exits_130(gemma_cli: Cli) -> None:
+    proc = gemma_cli.popen("run", GEMMA, "--raw", "-n", "2000", "--temperature", "0.8",
+                           "Write a very long story:", stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.read(1)  # generation has started
+    assert first
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(timeout=30)
+    err = proc.stderr.read().decode()
+    assert code == 130, err
+    assert "Traceback" not in err
+
+
+def test_missing_model_is_pulled_first_unless_no_pull(cli: Cli) -> None:
+    refused = cli("run", GEMMA, "--no-pull", "hi")
+    assert refused.returncode == 3 and "llmrun pull" in refused.stderr
+    proc = cli("run", GEMMA, "--raw", *GREEDY, "-n", "4", "The capital of France is")
+    assert proc.returncode == 0, proc.stderr
+    assert "pulling gemma3:270m-base" in proc.stderr
+    assert "pulling" not in proc.stdout and proc.stdout.strip()
+
+
+def test_model_without_template_needs_raw(gemma_cli: Cli, gemma_file: Path) -> None:
+    proc = gemma_cli("run", str(gemma_file), "hello")
+    assert proc.returncode == 5
+    assert "no chat template" in proc.stderr and "--raw" in proc.stderr
+    raw = gemma_cli("run", str(gemma_file), "--raw", *GREEDY, "-n", "3", "hello")
+    assert raw.returncode == 0, raw.stderr
+
+
+def test_gpu_layers_flag_is_accepted_on_a_cpu_build(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "-n", "3", "--gpu-layers", "-1", "Hi")
+    assert proc.returncode == 0, proc.stderr
+    bad = gemma_cli("run", GEMMA, "--gpu-layers", "-5", "Hi")
+    assert bad.returncode == 2
+
+
+@pytest.mark.parametrize("args,code", [
+    (("run", "no-such-model:1b", "hi"), 3),
+    (("run", "../../etc/passwd", "hi"), 2),
+    (("run", GEMMA, "--temperature", "nan", "hi"), 2),
+    (("run", GEMMA, "--format", "yaml", "hi"), 2),
+])
+def test_bad_input_gets_one_line_and_exit_code(gemma_cli: Cli, args: tuple[str, ...],
+                                               code: int) -> None:
+    proc = gemma_cli(*args)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
