@@ -309,3 +309,16 @@ models:
     for field in ("params", "repo", "surprise", "path"):
         assert any(field in line for line in lines), (field, proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+def test_pull_through_olah_a_real_hub_mirror(tmp_path: Path) -> None:
+    """Interoperability: the same pull against olah, a third-party Hub implementation."""
+    from olah_hub import OlahHub
+
+    with OlahHub(tmp_path / "olah", {REPO: {Q4: _data(1), Q8: _data(2)}}) as olah:
+        cli = Cli(make_env(tmp_path, HF_ENDPOINT=olah.url, LLMRUN_RETRY_BACKOFF="0"), tmp_path)
+        proc = cli("pull", "-q", f"hf.co/{REPO}:Q8_0")
+        assert proc.returncode == 0, proc.stderr + olah.log_tail()
+        assert Path(proc.stdout.strip()).read_bytes() == _data(2)
+        model = json.loads(cli("list", "--json").stdout)[0]
+        assert model["revision"] == olah.commits[REPO]

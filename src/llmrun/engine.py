@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,9 +174,11 @@ class Model:
                         if self.info.context_length else ""))
 
     # ---- generation ------------------------------------------------------------------
-    def generate(self, tokens: list[int], sampling: Sampling,
-                 result: Result | None = None) -> Iterator[str]:
-        """Stream text pieces for a prompt given as tokens; fills ``result`` as it goes."""
+    def generate(self, tokens: list[int], sampling: Sampling, result: Result | None = None,
+                 cancel: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Stream text pieces for a prompt given as tokens; fills ``result`` as it goes.
+        ``cancel`` is polled after every sampled token; when it returns True generation stops
+        (finish_reason "cancelled") before the next token is evaluated."""
         import llama_cpp
 
         res = result if result is not None else Result()
@@ -190,11 +192,22 @@ class Model:
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         start = time.perf_counter()
         first: float | None = None
+        sampled = 0
+        cancelled = False
+
+        def after_each_token(input_ids: Any, logits: Any) -> bool:
+            """Called once per sampled token: counts it, and stops on request."""
+            nonlocal sampled, cancelled
+            sampled += 1
+            cancelled = cancel is not None and cancel()
+            return cancelled
+
         stream: Any = self.llama.create_completion(
             tokens, max_tokens=max_tokens, temperature=sampling.temperature,
             top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
             repeat_penalty=sampling.repeat_penalty, seed=sampling.seed, stop=sampling.stop,
-            grammar=grammar, stream=True)
+            grammar=grammar, stream=True,
+            stopping_criteria=llama_cpp.StoppingCriteriaList([after_each_token]))
         try:
             for chunk in stream:
                 choice: dict[str, Any] = chunk["choices"][0]
@@ -212,7 +225,11 @@ class Model:
                 close()
             perf = llama_cpp.llama_perf_context(self.llama.ctx)
             res.prompt_evaluated = int(perf.n_p_eval)
-            res.completion_tokens = int(perf.n_eval)
+            # llama-cpp-python samples one token past the last it returns (the end-of-turn
+            # token, or the one after max_tokens), and the criteria see every sample
+            res.completion_tokens = max(0, sampled - 1)
+            if cancelled:
+                res.finish_reason = "cancelled"
             res.prompt_s = perf.t_p_eval_ms / 1000 if perf.n_p_eval else (
                 (first or time.perf_counter()) - start)
             res.gen_s = perf.t_eval_ms / 1000

@@ -19,6 +19,7 @@ from .list_ import list_cmd
 from .pull import pull_cmd
 from .rm import rm_cmd
 from .run import run_cmd
+from .serve import serve_cmd
 from .show import show_cmd
 from .verify import verify_cmd
 
@@ -58,6 +59,7 @@ app.command("rm")(rm_cmd)
 app.command("catalog")(catalog_cmd)
 app.command("import")(import_cmd)
 app.command("verify")(verify_cmd)
+app.command("serve")(serve_cmd)
 
 def _debug() -> bool:
     return os.environ.get("LLMRUN_DEBUG", "").lower() in ("1", "true", "yes")
@@ -82,7 +84,7 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         output.err().print()
         code = ExitCode.INTERRUPTED
-    except BrokenPipeError:
+    except (output.OutputClosed, BrokenPipeError):
         code = _quiet_broken_pipe()
     except Exception as exc:
         if _debug():
@@ -92,8 +94,8 @@ def main() -> None:
         code = ExitCode.ERROR
     try:
         sys.stdout.flush()
-    except BrokenPipeError:
-        code = _quiet_broken_pipe()
+    except (BrokenPipeError, ValueError):
+        code = _quiet_broken_pipe() if code == ExitCode.OK else code
     sys.exit(code)
 
 

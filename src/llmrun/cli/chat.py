@@ -81,7 +81,7 @@ def _scripted(session: Session, last: Path, verbose: bool) -> None:
                 return
             continue
         if not first:
-            sys.stdout.write("\n")
+            output.write("\n")
         first = False
         _reply(session, text, False, verbose)
         session.save(_ensure(last))
@@ -127,7 +127,7 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool) ->
         try:
             _reply(session, text, markdown, verbose)
         except KeyboardInterrupt:
-            sys.stdout.write("\n")
+            output.write("\n")
             output.info("(reply stopped)")
         except LlmrunError as exc:
             output.error(exc.message, exc.hint)

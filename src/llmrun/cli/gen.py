@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -122,15 +121,13 @@ class StdoutSink:
             self.started = True
         body = piece.rstrip("\n")
         if body:
-            sys.stdout.write(self.pending + body)
-            sys.stdout.flush()
+            output.write(self.pending + body, flush=True)
             self.pending = piece[len(body):]
         else:
             self.pending += piece
 
     def close(self) -> None:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        output.write("\n", flush=True)
 
 
 def answer(session: Session, prompt: str, sink: StdoutSink | None) -> Result:
@@ -145,6 +142,10 @@ def answer(session: Session, prompt: str, sink: StdoutSink | None) -> Result:
     finally:
         if sink is not None:
             sink.close()
+    s = session.sampling
+    if (s.json_schema is not None or s.json_any) and turn.result.finish_reason == "length":
+        output.warn("the answer hit the token limit before its JSON was complete; "
+                    "raise --max-tokens")
     return turn.result
 
 

@@ -52,13 +52,23 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def write(text: str) -> None:
+class OutputClosed(Exception):
+    """stdout's reader went away (`| head`). Not an OSError, so the parser's own EPIPE
+    handling (exit 1) never sees it; main() ends quietly instead."""
+
+
+def write(text: str, *, flush: bool = False) -> None:
     """Product text on stdout, exactly as given."""
-    sys.stdout.write(text)
+    try:
+        sys.stdout.write(text)
+        if flush:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed() from None
 
 
 def write_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def table(columns: list[str], rows: list[list[str]], *, right: set[int] | None = None) -> None:
@@ -75,9 +85,7 @@ def table(columns: list[str], rows: list[list[str]], *, right: set[int] | None =
 
         Console(highlight=False).print(t)
     else:
-        sys.stdout.write("\t".join(columns) + "\n")
-        for r in rows:
-            sys.stdout.write("\t".join(r) + "\n")
+        write("".join("\t".join(r) + "\n" for r in [columns, *rows]))
 
 
 def human_size(n: int | None) -> str:

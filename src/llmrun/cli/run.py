@@ -60,6 +60,6 @@ def run_cmd(
             if i:
                 output.write("\n")
             result = gen.answer(session, p, gen.StdoutSink())
-        sys.stdout.flush()
+        output.write("", flush=True)
         if verbose:
             gen.print_timings(result)

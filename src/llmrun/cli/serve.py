@@ -1,0 +1,137 @@
+"""`llmrun serve`: an OpenAI-compatible HTTP API on this machine (see llmrun.server)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import LlmrunError, NotFound, UsageError
+from . import common, gen, output
+
+if TYPE_CHECKING:
+    import socket
+
+    from ..server.models import ModelSpec
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'5m', '30s', '1h30m', '90' (seconds); a negative number means forever."""
+    value = text.strip().lower()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    if not value or _DURATION.sub("", value):
+        raise UsageError(f"invalid --keep-alive {text!r}", hint="use e.g. 30s, 5m, 1h, 0, -1")
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(value))
+
+
+def _resolve(name: str) -> ModelSpec:
+    """A pulled (or imported) model by name. Paths are refused: clients pick models, not
+    files."""
+    from ..refs import LocalRef
+    from ..server.models import ModelSpec
+
+    if common.imported(name) is None and isinstance(common.parse_ref(name), LocalRef):
+        raise NotFound(f"model {name!r} is not a pulled model", hint="see GET /v1/models")
+    path, display, entry = common.ensure_local(name, no_pull=True)
+    defaults = {k: float(v) for k, v in (entry.defaults.model_dump() if entry else {}).items()
+                if v is not None}
+    return ModelSpec(display, path, entry.chat_format if entry else None, defaults)
+
+
+def _list_models() -> list[tuple[str, int]]:
+    import datetime as dt
+
+    return [(m.name, int(dt.datetime.fromisoformat(m.pulled_at).timestamp()))
+            for m in common.store().all()]
+
+
+def serve_cmd(
+    host: Annotated[str | None, typer.Option(
+        help="address to listen on [env LLMRUN_HOST; default 127.0.0.1]; anything but "
+             "loopback requires an API key")] = None,
+    port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="port [env LLMRUN_PORT; default 8000]; 0 picks a free one")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="load this model at start (repeatable); any pulled model can "
+                              "still be requested")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        help="require 'Authorization: Bearer KEY' [env LLMRUN_API_KEY, which keeps the key "
+             "out of the process list]")] = None,
+    keep_alive: Annotated[str, typer.Option(
+        help="unload a model after this long idle (30s, 5m, 1h; 0 = at once, -1 = never)")]
+        = "5m",
+    max_loaded: Annotated[int, typer.Option(min=1, help="models loaded at once (LRU)")] = 1,
+    queue: Annotated[int, typer.Option(
+        min=1, help="requests waiting per model; more get 503 + Retry-After")] = 64,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="allow browser pages from this origin (repeatable); none by default")] = None,
+    ctx: gen.Ctx = None, gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None,
+) -> None:
+    """Serve pulled models over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /v1/completions, /v1/models, /health). Logs one line per request on stderr."""
+    s = common.settings()
+    host = host or s.host
+    port = s.port if port is None else port
+    key = api_key or s.api_key
+    from ..server.security import is_loopback
+
+    if not is_loopback(host) and not key:
+        raise UsageError(f"refusing to listen on {host} without an API key",
+                         hint="pass --api-key KEY (or set LLMRUN_API_KEY), or use the default "
+                              "--host 127.0.0.1")
+    if len(model or []) > max_loaded:
+        raise UsageError(f"{len(model or [])} --model given but --max-loaded is {max_loaded}")
+    preload = [_resolve(name).name for name in model or []]  # unknown names fail here (exit 3)
+    sock = _bind(host, port)
+    _serve(sock, host, key, parse_duration(keep_alive), max_loaded, queue, cors_origin or [],
+           preload, ctx or s.ctx, gpu_layers if gpu_layers is not None else s.gpu_layers,
+           threads or s.threads, s.debug)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=256)
+    except OSError as exc:
+        raise LlmrunError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, max_loaded: int,
+           queue: int, cors: list[str], preload: list[str], ctx: int | None,
+           gpu_layers: int | None, threads: int | None, debug: bool) -> None:
+    import logging
+    import sys
+
+    import uvicorn
+
+    from ..engine import LoadOptions
+    from ..server.app import ServerConfig, create_app
+    from ..server.models import engine_loader
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logger = logging.getLogger("llmrun.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    opts = LoadOptions(n_ctx=ctx, n_gpu_layers=gpu_layers, n_threads=threads)
+    config = ServerConfig(resolve=_resolve, list_models=_list_models,
+                          load=engine_loader(opts, debug=debug), host=host,
+                          port=sock.getsockname()[1], api_key=key, keep_alive=keep_alive,
+                          max_loaded=max_loaded, queue=queue, cors_origins=cors, preload=preload)
+    shown = f"[{host}]" if ":" in host else host
+    output.info(f"llmrun serve: listening on http://{shown}:{config.port}"
+                + (" (API key required)" if key else ""))
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=10, server_header=False))
+    server.run(sockets=[sock])

@@ -1,0 +1,359 @@
+"""The OpenAI-compatible HTTP API: ``create_app(config)`` builds a FastAPI app with no module
+globals. Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``
+(streamed as server-sent events ending in ``data: [DONE]``, or whole), ``GET /health``.
+
+Generation runs in the model pool's worker threads (see models.py); this module validates,
+queues, streams, turns every failure into the OpenAI error envelope, notices clients that leave,
+and writes one log line per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeVar
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..engine import Sampling
+from ..errors import ContextOverflow, LlmrunError, ModelError, NotFound, TemplateError, UsageError
+from . import schemas, security
+from .models import Busy, Done, Engine, Event, Failed, Job, Loader, ModelSpec, Piece, Pool
+from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer
+
+log = logging.getLogger("llmrun.server")
+T = TypeVar("T")
+MAX_BODY = 8 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    resolve: Callable[[str], ModelSpec]  # model name -> spec; raises NotFound / UsageError
+    list_models: Callable[[], list[tuple[str, int]]]  # (id, created) of every pulled model
+    load: Loader
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = field(default=None, repr=False)
+    keep_alive: float = 300.0  # seconds idle before unloading; < 0 never, 0 at once
+    max_loaded: int = 1
+    queue: int = 64
+    cors_origins: list[str] = field(default_factory=list)
+    preload: list[str] = field(default_factory=list)
+    max_body: int = MAX_BODY
+
+
+class ClientGone(Exception):
+    pass
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LlmrunError):
+        msg = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        if isinstance(exc, ContextOverflow):
+            return ApiError(400, msg, param="messages", code="context_length_exceeded")
+        if isinstance(exc, TemplateError):
+            return ApiError(400, msg, param="messages", code="chat_template_error")
+        if isinstance(exc, NotFound):
+            return ApiError(404, msg, param="model", code="model_not_found")
+        if isinstance(exc, UsageError):  # e.g. a JSON schema llama.cpp cannot turn into grammar
+            return ApiError(400, msg, param="response_format", code="invalid_value")
+        if isinstance(exc, ModelError):
+            return ApiError(500, msg, type="server_error", code="model_load_failed")
+        return ApiError(500, msg, type="server_error")
+    log.error("internal error", exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__})", type="server_error")
+
+
+def _api_error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+
+def _clean(text: str, limit: int = 200) -> str:
+    return "".join(c if c.isprintable() and c != " " else "?" for c in text[:limit])
+
+
+class RequestLog:
+    """One line per request on the ``llmrun.server`` logger."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            tokens = (f" prompt_tokens={state['prompt_tokens']}"
+                      f" completion_tokens={state['completion_tokens']}"
+                      if "prompt_tokens" in state else "")
+            note = f" {state['note']}" if state.get("note") else ""
+            log.info("%s %s model=%s status=%d%s %.2fs%s", scope["method"],
+                     _clean(scope["path"]), _clean(state.get("model", "-")), status[0], tokens,
+                     time.perf_counter() - start, note)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413 past ``limit`` (read on a little, so the client sees the answer)."""
+    declared = request.headers.get("content-length", "")
+    size, chunks, too_big = 0, [], declared.isdigit() and int(declared) > limit
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            too_big = True
+        if size > 4 * limit:
+            break
+        if not too_big:
+            chunks.append(chunk)
+    if too_big:
+        raise ApiError(413, f"request body is larger than {limit // 2**20} MiB",
+                       code="request_too_large")
+    return b"".join(chunks)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.01)
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work``, but raise ClientGone (cancelling it) if the client hangs up first."""
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        raise ClientGone
+    finally:
+        for t in (task, watch):
+            t.cancel()
+        await asyncio.gather(task, watch, return_exceptions=True)
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _record(state: Any, done: Done) -> None:
+    state.prompt_tokens = done.result.prompt_tokens
+    state.completion_tokens = done.result.completion_tokens
+
+
+def _check_limit(engine: Engine, limit: int | None) -> None:
+    if limit is not None and limit > engine.n_ctx:
+        raise ApiError(400, f"max_tokens is {limit} but the model's context is {engine.n_ctx}",
+                       param="max_tokens", code="invalid_value")
+
+
+class Api:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.pool = Pool(config.load, max_loaded=config.max_loaded, queue_size=config.queue,
+                         keep_alive=config.keep_alive)
+
+    async def resolve(self, name: str) -> ModelSpec:
+        try:
+            return await asyncio.to_thread(self.config.resolve, name)
+        except (NotFound, UsageError) as exc:
+            raise ApiError(404, f"model {name[:100]!r} not found: {exc.message}",
+                           param="model", code="model_not_found") from None
+        except LlmrunError as exc:
+            raise to_api_error(exc) from None
+
+    async def stop(self, job: Job, state: Any) -> None:
+        """Cancel a job; if it was generating, wait (briefly) until it has stopped."""
+        was_running = job.state == "running"
+        self.pool.cancel(job)
+        state.note = "cancelled (client disconnected)"
+        if not was_running:
+            return
+
+        async def until_done() -> None:
+            while not isinstance(ev := await job.events.get(), Done | Failed):
+                pass
+            if isinstance(ev, Done):
+                _record(state, ev)
+
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(until_done(), 30)
+
+    async def generate(self, request: Request, spec: ModelSpec,
+                       prepare: Callable[[Engine], tuple[list[int], Sampling]],
+                       kind: Literal["chat", "text"], req: schemas._Common) -> Response:
+        state = request.state
+        state.model = spec.name
+        holder: list[Job] = []
+
+        async def first() -> Event:
+            job = await self.pool.submit(spec, prepare)
+            holder.append(job)
+            return await job.events.get()
+
+        async def whole() -> Event:
+            ev = await first()
+            while isinstance(ev, Piece):
+                ev = await holder[0].events.get()
+            return ev
+
+        try:
+            ev = await _unless_disconnected(request.receive, first() if req.stream else whole())
+        except Busy:
+            state.note = "queue full"
+            raise ApiError(503, "server busy: too many queued requests, retry later",
+                           type="server_error", code="server_busy",
+                           headers={"Retry-After": "1"}) from None
+        except ClientGone:
+            if holder:
+                await self.stop(holder[0], state)
+            return Response(status_code=499)
+        if isinstance(ev, Failed):
+            raise to_api_error(ev.error)
+        renderer = Renderer(kind, spec.name)
+        if isinstance(ev, Done) and not req.stream:
+            _record(state, ev)
+            return JSONResponse(renderer.whole(ev.result))
+        return StreamingResponse(self.stream(holder[0], ev, renderer, req.include_usage, state),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def stream(self, job: Job, ev: Event, r: Renderer, usage: bool,
+                     state: Any) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            if r.kind == "chat":
+                yield _sse(r.chunk(first=True, usage=usage))
+            while True:
+                if isinstance(ev, Piece):
+                    yield _sse(r.chunk(text=ev.text, usage=usage))
+                else:
+                    finished = True
+                    if isinstance(ev, Failed):
+                        err = to_api_error(ev.error)
+                        state.note = f"error: {err.message[:100]}"
+                        yield _sse(err.body())
+                    else:
+                        _record(state, ev)
+                        yield _sse(r.chunk(finish=ev.result.finish_reason, usage=usage))
+                        if usage:
+                            yield _sse(r.usage_chunk(ev.result))
+                    break
+                ev = await job.events.get()
+            yield b"data: [DONE]\n\n"
+        finally:
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await self.stop(job, state)
+
+    async def chat(self, request: Request) -> Response:
+        req = schemas.parse(ChatRequest, await _read_body(request, self.config.max_body))
+        request.state.model = req.model
+        spec = await self.resolve(req.model)
+        messages, sampling = [m.as_dict() for m in req.messages], req.sampling(spec.defaults)
+
+        def prepare(engine: Engine) -> tuple[list[int], Sampling]:
+            _check_limit(engine, req.limit())
+            tokens = engine.tokenize(engine.format_chat(messages), templated=True)
+            engine.check_fits(len(tokens), sampling.max_tokens)
+            return tokens, replace(sampling, stop=sampling.stop + engine.chat_stops())
+
+        return await self.generate(request, spec, prepare, "chat", req)
+
+    async def completions(self, request: Request) -> Response:
+        req = schemas.parse(CompletionRequest, await _read_body(request, self.config.max_body))
+        request.state.model = req.model
+        spec = await self.resolve(req.model)
+        text, sampling = req.text, req.sampling(spec.defaults)
+
+        def prepare(engine: Engine) -> tuple[list[int], Sampling]:
+            _check_limit(engine, req.limit())
+            tokens = engine.tokenize(text, templated=False)
+            try:
+                engine.check_fits(len(tokens), sampling.max_tokens)
+            except ContextOverflow as exc:
+                raise ApiError(400, exc.message, param="prompt",
+                               code="context_length_exceeded") from None
+            return tokens, sampling
+
+        return await self.generate(request, spec, prepare, "text", req)
+
+    async def models(self) -> list[dict[str, Any]]:
+        found = await asyncio.to_thread(self.config.list_models)
+        return [{"id": name, "object": "model", "created": created, "owned_by": "llmrun"}
+                for name, created in found]
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    api = Api(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for name in config.preload:
+            try:
+                await api.pool.open(await api.resolve(name))
+            except ApiError as exc:
+                log.warning("cannot preload %s: %s", name, exc.message)
+        yield
+        await api.pool.shutdown()
+
+    app = FastAPI(title="llmrun", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.pool = api.pool
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _api_error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(schemas.error_body(str(exc.detail), code=code), exc.status_code)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return _api_error_response(to_api_error(exc))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_error)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": api.pool.status()}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": await api.models()}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        for card in await api.models():
+            if card["id"] == model_id:
+                return card
+        raise ApiError(404, f"model {model_id[:100]!r} not found", param="model",
+                       code="model_not_found")
+
+    app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
+    app.add_api_route("/v1/completions", api.completions, methods=["POST"])
+    security.install(app, bound_host=config.host, api_key=config.api_key,
+                     cors_origins=config.cors_origins)
+    app.add_middleware(RequestLog)
+    return app

@@ -1,0 +1,257 @@
+"""Request and response shapes of the OpenAI-compatible API.
+
+Every parameter that reaches the engine has bounds here (reliability.md S14, T27): a request that
+fails validation is a 400 in the OpenAI error envelope, never a 500. Unknown fields are ignored
+(clients send newer OpenAI fields), but known features llmrun cannot honour (n > 1, logprobs,
+tools, logit_bias) are refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..engine import Result, Sampling
+
+MAX_STOP = 4
+MAX_STOP_LEN = 256
+MAX_TOKENS_CAP = 1 << 20  # a static ceiling; the pool also checks against the model's n_ctx
+MAX_MESSAGES = 4096
+MAX_NAME = 256
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False, frozen=True)
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LEN)]
+
+
+class TextPart(_Req):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Req):
+    role: Literal["system", "user", "assistant", "developer"]  # developer: OpenAI's new system
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=MAX_NAME)
+
+    def as_dict(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(
+            p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(_Req):
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(_Req):
+    name: str = Field("response", max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Req):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _needs_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None
+                                           or self.json_schema.schema_ is None):
+            raise ValueError("response_format json_schema needs json_schema.schema")
+        return self
+
+
+class _Common(_Req):
+    model: str = Field(min_length=1, max_length=MAX_NAME)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=1000)  # llama.cpp extensions
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0, le=5)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
+    n: int | None = Field(None, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)
+    user: str | None = Field(None, max_length=MAX_NAME)
+
+    @model_validator(mode="after")
+    def _supported(self) -> _Common:
+        if self.n not in (None, 1):
+            raise ValueError("n: only n=1 is supported")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported")
+        if self.frequency_penalty or self.presence_penalty:
+            raise ValueError("frequency_penalty and presence_penalty are not supported; "
+                             "use repeat_penalty")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def limit(self) -> int | None:
+        return self.max_tokens
+
+    def sampling(self, defaults: dict[str, float]) -> Sampling:
+        """Request value > registry default > llmrun default."""
+        s = Sampling()
+        for key in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
+            value = getattr(self, key)
+            value = defaults.get(key) if value is None else value
+            if value is not None:
+                setattr(s, key, value)
+        s.seed, s.max_tokens = self.seed, self.limit()
+        s.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return s
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _chat_supported(self) -> ChatRequest:
+        if self.logprobs:
+            raise ValueError("logprobs is not supported")
+        if self.tools:
+            raise ValueError("tools are not supported")
+        return self
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def sampling(self, defaults: dict[str, float]) -> Sampling:
+        s = super().sampling(defaults)
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            s.json_any = True
+        elif fmt is not None and fmt.json_schema is not None:
+            s.json_schema = fmt.json_schema.schema_
+        return s
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _completion_supported(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: exactly one prompt per request")
+        if self.echo or self.suffix or self.logprobs or self.best_of not in (None, 1):
+            raise ValueError("echo, suffix, logprobs and best_of are not supported")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+def parse(cls: type[_Common], body: bytes) -> Any:
+    """Validate a JSON body; any failure is a 400 naming the first bad parameter."""
+    try:
+        return cls.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "json_invalid":
+            raise ApiError(400, f"invalid JSON body: {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ApiError(400, f"{loc}: {msg}" if loc else msg, param=loc or None,
+                       code="invalid_value") from None
+
+
+# ---- responses ----------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, r: Result) -> Usage:
+        return cls(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                   total_tokens=r.prompt_tokens + r.completion_tokens)
+
+
+class Renderer:
+    """Builds the JSON of one response (chat or text completion), whole or as SSE chunks."""
+
+    def __init__(self, kind: Literal["chat", "text"], model: str) -> None:
+        self.kind, self.model = kind, model
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def whole(self, r: Result) -> dict[str, Any]:
+        if self.kind == "chat":
+            choice: dict[str, Any] = {"index": 0, "finish_reason": r.finish_reason,
+                                      "message": {"role": "assistant", "content": r.text},
+                                      "logprobs": None}
+            body = self._envelope("chat.completion", [choice])
+        else:
+            body = self._envelope("text_completion", [
+                {"index": 0, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}])
+        body["usage"] = Usage.of(r).model_dump()
+        return body
+
+    def chunk(self, *, text: str | None = None, finish: str | None = None,
+              first: bool = False, usage: bool = False) -> dict[str, Any]:
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
+                {"content": text} if text is not None else {})
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
+                                      "logprobs": None}
+            body = self._envelope("chat.completion.chunk", [choice])
+        else:
+            body = self._envelope("text_completion", [
+                {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}])
+        if usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, r: Result) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        body = self._envelope(obj, [])
+        body["usage"] = Usage.of(r).model_dump()
+        return body

@@ -1,0 +1,109 @@
+"""`llmrun chat` driven through a real pseudo-terminal (pexpect), and as a pipe."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pexpect
+from conftest import GEMMA, Cli
+
+PROMPT = ">>> "
+
+
+def _spawn(cli: Cli, *args: str) -> pexpect.spawn:
+    env = {**cli.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120"}
+    child = pexpect.spawn(sys.executable, ["-m", "llmrun", "chat", GEMMA, *args], env=env,
+                          encoding="utf-8", timeout=120, dimensions=(40, 120))
+    child.expect_exact(PROMPT)
+    return child
+
+
+def test_chat_turns_and_slash_commands(private_gemma_cli: Cli, tmp_path: Path) -> None:
+    cli = private_gemma_cli
+    child = _spawn(cli, "--temperature", "0", "-n", "24")
+    child.sendline("/show")
+    child.expect("template: +registry format gemma")
+    child.expect("context: +0 of 4096 tokens used")
+    child.expect_exact(PROMPT)
+    child.sendline("What is the capital of France?")
+    child.expect_exact(PROMPT)
+    reply = child.before
+    assert reply.strip()
+    child.sendline("/show")
+    child.expect(r"context: +(\d+) of 4096")
+    assert int(child.match.group(1)) > 10
+    child.expect_exact(PROMPT)
+    child.sendline("/set temperature 0.5")
+    child.expect_exact("temperature = 0.5")
+    child.sendline("/set nonsense 1")
+    child.expect_exact("unknown parameter")
+    saved = tmp_path / "conv.json"
+    child.sendline(f"/save {saved}")
+    child.expect_exact("saved 2 message(s)")
+    child.sendline("/clear")
+    child.expect_exact("conversation cleared")
+    child.sendline(f"/load {saved}")
+    child.expect_exact("loaded 2 message(s)")
+    child.sendline("/stats")
+    child.expect_exact("eval rate")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    data = json.loads(saved.read_text())
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    assert data["messages"][0]["content"] == "What is the capital of France?"
+    history = (cli.root / "home" / "chat_history").read_text()
+    assert "What is the capital of France?" in history
+
+
+def test_ctrl_c_stops_the_reply_not_the_session(private_gemma_cli: Cli) -> None:
+    child = _spawn(private_gemma_cli, "-n", "3000", "--temperature", "1.0")
+    child.sendline("Tell me a very long story about dragons.")
+    child.expect(r"\w+ \w+ \w+")  # the reply is streaming
+    child.sendintr()
+    child.expect_exact("(reply stopped)")
+    child.expect_exact(PROMPT)
+    child.sendline("/stats")
+    child.expect_exact("2 message(s)")  # the partial reply was kept
+    child.expect_exact(PROMPT)
+    child.sendintr()
+    child.expect_exact("Ctrl-C again")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+
+
+def test_ctrl_d_exits_cleanly_and_continue_resumes(private_gemma_cli: Cli) -> None:
+    child = _spawn(private_gemma_cli, "--temperature", "0", "-n", "8")
+    child.sendline("Remember the word banana.")
+    child.expect_exact(PROMPT)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    again = _spawn(private_gemma_cli, "--continue")
+    again.sendline("/stats")
+    again.expect_exact("2 message(s)")
+    again.sendline("/exit")
+    again.expect(pexpect.EOF)
+
+
+def test_chat_reads_one_message_per_line_from_a_pipe(gemma_cli: Cli) -> None:
+    proc = gemma_cli("chat", GEMMA, "--temperature", "0", "-n", "10",
+                     input="Hello there\nWhat is 2+2?\n")
+    assert proc.returncode == 0, proc.stderr
+    answers = proc.stdout.split("\n\n")
+    assert len(answers) == 2 and all(a.strip() for a in answers)
+    assert "\x1b[" not in proc.stdout  # no terminal codes when not a terminal
+
+
+def test_context_full_drops_oldest_turns_with_notice(gemma_cli: Cli) -> None:
+    lines = "\n".join(f"Message number {i}: " + "word " * 40 for i in range(6))
+    proc = gemma_cli("chat", GEMMA, "--ctx", "256", "--temperature", "0", "-n", "8",
+                     "--system", "Be brief.", input=lines + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped the" in proc.stderr and "oldest exchange" in proc.stderr
