@@ -12,6 +12,7 @@ from . import common, gen, output
 
 if TYPE_CHECKING:
     import socket
+    from types import FrameType
 
     from ..server.models import ModelSpec
 
@@ -40,7 +41,7 @@ def _resolve(name: str) -> ModelSpec:
     if common.imported(name) is None and isinstance(common.parse_ref(name), LocalRef):
         raise NotFound(f"model {name!r} is not a pulled model", hint="see GET /v1/models")
     path, display, entry = common.ensure_local(name, no_pull=True)
-    defaults = {k: float(v) for k, v in (entry.defaults.model_dump() if entry else {}).items()
+    defaults = {k: v for k, v in (entry.defaults.model_dump() if entry else {}).items()
                 if v is not None}
     return ModelSpec(display, path, entry.chat_format if entry else None, defaults)
 
@@ -52,27 +53,33 @@ def _list_models() -> list[tuple[str, int]]:
             for m in common.store().all()]
 
 
+Host = Annotated[str | None, typer.Option(
+    metavar="HOST", help="address to listen on [env LLMRUN_HOST; default 127.0.0.1]; "
+                         "anything but loopback requires an API key")]
+Port = Annotated[int | None, typer.Option(
+    metavar="PORT", min=0, max=65535,
+    help="port [env LLMRUN_PORT; default 8000]; 0 picks a free one")]
+Models = Annotated[list[str] | None, typer.Option(
+    "--model", "-m", metavar="NAME",
+    help="load this model at start (repeatable); any pulled model can still be requested")]
+ApiKey = Annotated[str | None, typer.Option(
+    metavar="KEY", help="require 'Authorization: Bearer KEY' [env LLMRUN_API_KEY, which keeps "
+                        "the key out of the process list]")]
+KeepAlive = Annotated[str, typer.Option(
+    metavar="DURATION",
+    help="unload a model after this long idle (30s, 5m, 1h; 0 = at once, -1 = never)")]
+MaxLoaded = Annotated[int, typer.Option(metavar="N", min=1, help="models loaded at once (LRU)")]
+Queue = Annotated[int, typer.Option(
+    metavar="N", min=1, help="requests waiting per model; more get 503 + Retry-After")]
+CorsOrigin = Annotated[list[str] | None, typer.Option(
+    metavar="ORIGIN", help="allow browser pages from this origin (repeatable); none by default")]
+
+
 def serve_cmd(
-    host: Annotated[str | None, typer.Option(
-        help="address to listen on [env LLMRUN_HOST; default 127.0.0.1]; anything but "
-             "loopback requires an API key")] = None,
-    port: Annotated[int | None, typer.Option(
-        min=0, max=65535, help="port [env LLMRUN_PORT; default 8000]; 0 picks a free one")] = None,
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="load this model at start (repeatable); any pulled model can "
-                              "still be requested")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        help="require 'Authorization: Bearer KEY' [env LLMRUN_API_KEY, which keeps the key "
-             "out of the process list]")] = None,
-    keep_alive: Annotated[str, typer.Option(
-        help="unload a model after this long idle (30s, 5m, 1h; 0 = at once, -1 = never)")]
-        = "5m",
-    max_loaded: Annotated[int, typer.Option(min=1, help="models loaded at once (LRU)")] = 1,
-    queue: Annotated[int, typer.Option(
-        min=1, help="requests waiting per model; more get 503 + Retry-After")] = 64,
-    cors_origin: Annotated[list[str] | None, typer.Option(
-        help="allow browser pages from this origin (repeatable); none by default")] = None,
-    ctx: gen.Ctx = None, gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None,
+    host: Host = None, port: Port = None, model: Models = None, api_key: ApiKey = None,
+    keep_alive: KeepAlive = "5m", max_loaded: MaxLoaded = 1, queue: Queue = 64,
+    cors_origin: CorsOrigin = None, ctx: gen.Ctx = None, gpu_layers: gen.GpuLayers = None,
+    threads: gen.Threads = None,
 ) -> None:
     """Serve pulled models over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /v1/completions, /v1/models, /health). Logs one line per request on stderr."""
@@ -88,9 +95,10 @@ def serve_cmd(
                               "--host 127.0.0.1")
     if len(model or []) > max_loaded:
         raise UsageError(f"{len(model or [])} --model given but --max-loaded is {max_loaded}")
+    idle = parse_duration(keep_alive)
     preload = [_resolve(name).name for name in model or []]  # unknown names fail here (exit 3)
     sock = _bind(host, port)
-    _serve(sock, host, key, parse_duration(keep_alive), max_loaded, queue, cors_origin or [],
+    _serve(sock, host, key, idle, max_loaded, queue, cors_origin or [],
            preload, ctx or s.ctx, gpu_layers if gpu_layers is not None else s.gpu_layers,
            threads or s.threads, s.debug)
 
@@ -131,7 +139,12 @@ def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, m
     shown = f"[{host}]" if ":" in host else host
     output.info(f"llmrun serve: listening on http://{shown}:{config.port}"
                 + (" (API key required)" if key else ""))
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(config), log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=10, server_header=False))
-    server.run(sockets=[sock])
+    app = create_app(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.stop_generating()  # Ctrl-C ends running streams at the next token
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=10, server_header=False)).run(sockets=[sock])

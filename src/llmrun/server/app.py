@@ -2,36 +2,33 @@
 globals. Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``
 (streamed as server-sent events ending in ``data: [DONE]``, or whole), ``GET /health``.
 
-Generation runs in the model pool's worker threads (see models.py); this module validates,
-queues, streams, turns every failure into the OpenAI error envelope, notices clients that leave,
-and writes one log line per request.
+Generation runs in the model pool's worker threads (models.py); this module validates, queues,
+streams, turns every failure into the OpenAI error envelope and stops work for clients that
+leave. Request plumbing (body limit, disconnects, the one-line request log) is in http.py,
+Host/Origin/API-key checks in security.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..engine import Sampling
-from ..errors import ContextOverflow, LlmrunError, ModelError, NotFound, TemplateError, UsageError
-from . import schemas, security
+from ..engine import Result, Sampling
+from ..errors import ContextOverflow, LlmrunError, NotFound, UsageError
+from . import http, schemas, security
 from .models import Busy, Done, Engine, Event, Failed, Job, Loader, ModelSpec, Piece, Pool
-from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer
+from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer, to_api_error
 
 log = logging.getLogger("llmrun.server")
-T = TypeVar("T")
 MAX_BODY = 8 * 1024 * 1024
 
 
@@ -51,112 +48,13 @@ class ServerConfig:
     max_body: int = MAX_BODY
 
 
-class ClientGone(Exception):
-    pass
+_SHUTTING_DOWN = ApiError(503, "the server is shutting down", type="server_error",
+                          code="server_shutdown")
 
 
-def to_api_error(exc: BaseException) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, LlmrunError):
-        msg = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        if isinstance(exc, ContextOverflow):
-            return ApiError(400, msg, param="messages", code="context_length_exceeded")
-        if isinstance(exc, TemplateError):
-            return ApiError(400, msg, param="messages", code="chat_template_error")
-        if isinstance(exc, NotFound):
-            return ApiError(404, msg, param="model", code="model_not_found")
-        if isinstance(exc, UsageError):  # e.g. a JSON schema llama.cpp cannot turn into grammar
-            return ApiError(400, msg, param="response_format", code="invalid_value")
-        if isinstance(exc, ModelError):
-            return ApiError(500, msg, type="server_error", code="model_load_failed")
-        return ApiError(500, msg, type="server_error")
-    log.error("internal error", exc_info=exc)
-    return ApiError(500, f"internal error ({type(exc).__name__})", type="server_error")
-
-
-def _api_error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), exc.status, headers=exc.headers)
-
-
-def _clean(text: str, limit: int = 200) -> str:
-    return "".join(c if c.isprintable() and c != " " else "?" for c in text[:limit])
-
-
-class RequestLog:
-    """One line per request on the ``llmrun.server`` logger."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), [500]
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            tokens = (f" prompt_tokens={state['prompt_tokens']}"
-                      f" completion_tokens={state['completion_tokens']}"
-                      if "prompt_tokens" in state else "")
-            note = f" {state['note']}" if state.get("note") else ""
-            log.info("%s %s model=%s status=%d%s %.2fs%s", scope["method"],
-                     _clean(scope["path"]), _clean(state.get("model", "-")), status[0], tokens,
-                     time.perf_counter() - start, note)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413 past ``limit`` (read on a little, so the client sees the answer)."""
-    declared = request.headers.get("content-length", "")
-    size, chunks, too_big = 0, [], declared.isdigit() and int(declared) > limit
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            too_big = True
-        if size > 4 * limit:
-            break
-        if not too_big:
-            chunks.append(chunk)
-    if too_big:
-        raise ApiError(413, f"request body is larger than {limit // 2**20} MiB",
-                       code="request_too_large")
-    return b"".join(chunks)
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        await asyncio.sleep(0.01)
-
-
-async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work``, but raise ClientGone (cancelling it) if the client hangs up first."""
-    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(receive))
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        raise ClientGone
-    finally:
-        for t in (task, watch):
-            t.cancel()
-        await asyncio.gather(task, watch, return_exceptions=True)
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
-
-
-def _record(state: Any, done: Done) -> None:
-    state.prompt_tokens = done.result.prompt_tokens
-    state.completion_tokens = done.result.completion_tokens
+def _record(state: Any, result: Result) -> None:
+    state.prompt_tokens = result.prompt_tokens
+    state.completion_tokens = result.completion_tokens
 
 
 def _check_limit(engine: Engine, limit: int | None) -> None:
@@ -170,6 +68,14 @@ class Api:
         self.config = config
         self.pool = Pool(config.load, max_loaded=config.max_loaded, queue_size=config.queue,
                          keep_alive=config.keep_alive)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def stop_generating(self) -> None:
+        """Thread- and signal-safe: end all generations now (the server is stopping), so that
+        a graceful shutdown does not wait for long streams."""
+        if self.loop is not None:
+            with suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.pool.cancel_all)
 
     async def resolve(self, name: str) -> ModelSpec:
         try:
@@ -185,21 +91,15 @@ class Api:
         was_running = job.state == "running"
         self.pool.cancel(job)
         state.note = "cancelled (client disconnected)"
-        if not was_running:
-            return
-
-        async def until_done() -> None:
-            while not isinstance(ev := await job.events.get(), Done | Failed):
-                pass
-            if isinstance(ev, Done):
-                _record(state, ev)
-
-        with suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(until_done(), 30)
+        if was_running:
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(job.finished.wait(), 30)
+            if job.finished.is_set() and job.result is not None:
+                _record(state, job.result)
 
     async def generate(self, request: Request, spec: ModelSpec,
                        prepare: Callable[[Engine], tuple[list[int], Sampling]],
-                       kind: Literal["chat", "text"], req: schemas._Common) -> Response:
+                       kind: Literal["chat", "text"], req: schemas.GenerateRequest) -> Response:
         state = request.state
         state.model = spec.name
         holder: list[Job] = []
@@ -216,21 +116,23 @@ class Api:
             return ev
 
         try:
-            ev = await _unless_disconnected(request.receive, first() if req.stream else whole())
-        except Busy:
+            ev = await http.unless_disconnected(request.receive, first() if req.stream else whole())
+        except Busy as exc:
             state.note = "queue full"
-            raise ApiError(503, "server busy: too many queued requests, retry later",
+            raise ApiError(503, str(exc) or "server busy: too many queued requests, retry later",
                            type="server_error", code="server_busy",
                            headers={"Retry-After": "1"}) from None
-        except ClientGone:
+        except http.ClientGone:
             if holder:
                 await self.stop(holder[0], state)
             return Response(status_code=499)
         if isinstance(ev, Failed):
             raise to_api_error(ev.error)
+        if isinstance(ev, Done) and ev.cancelled:
+            raise _SHUTTING_DOWN
         renderer = Renderer(kind, spec.name)
         if isinstance(ev, Done) and not req.stream:
-            _record(state, ev)
+            _record(state, ev.result)
             return JSONResponse(renderer.whole(ev.result))
         return StreamingResponse(self.stream(holder[0], ev, renderer, req.include_usage, state),
                                  media_type="text/event-stream",
@@ -241,21 +143,21 @@ class Api:
         finished = False
         try:
             if r.kind == "chat":
-                yield _sse(r.chunk(first=True, usage=usage))
+                yield http.sse(r.chunk(first=True, usage=usage))
             while True:
                 if isinstance(ev, Piece):
-                    yield _sse(r.chunk(text=ev.text, usage=usage))
+                    yield http.sse(r.chunk(text=ev.text, usage=usage))
                 else:
                     finished = True
-                    if isinstance(ev, Failed):
-                        err = to_api_error(ev.error)
+                    if isinstance(ev, Failed) or ev.cancelled:
+                        err = to_api_error(ev.error) if isinstance(ev, Failed) else _SHUTTING_DOWN
                         state.note = f"error: {err.message[:100]}"
-                        yield _sse(err.body())
+                        yield http.sse(err.body())
                     else:
-                        _record(state, ev)
-                        yield _sse(r.chunk(finish=ev.result.finish_reason, usage=usage))
+                        _record(state, ev.result)
+                        yield http.sse(r.chunk(finish=ev.result.finish_reason, usage=usage))
                         if usage:
-                            yield _sse(r.usage_chunk(ev.result))
+                            yield http.sse(r.usage_chunk(ev.result))
                     break
                 ev = await job.events.get()
             yield b"data: [DONE]\n\n"
@@ -265,7 +167,7 @@ class Api:
                     await self.stop(job, state)
 
     async def chat(self, request: Request) -> Response:
-        req = schemas.parse(ChatRequest, await _read_body(request, self.config.max_body))
+        req = schemas.parse(ChatRequest, await http.read_body(request, self.config.max_body))
         request.state.model = req.model
         spec = await self.resolve(req.model)
         messages, sampling = [m.as_dict() for m in req.messages], req.sampling(spec.defaults)
@@ -279,7 +181,7 @@ class Api:
         return await self.generate(request, spec, prepare, "chat", req)
 
     async def completions(self, request: Request) -> Response:
-        req = schemas.parse(CompletionRequest, await _read_body(request, self.config.max_body))
+        req = schemas.parse(CompletionRequest, await http.read_body(request, self.config.max_body))
         request.state.model = req.model
         spec = await self.resolve(req.model)
         text, sampling = req.text, req.sampling(spec.defaults)
@@ -307,6 +209,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        api.loop = asyncio.get_running_loop()
         for name in config.preload:
             try:
                 await api.pool.open(await api.resolve(name))
@@ -318,10 +221,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="llmrun", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.pool = api.pool
+    app.state.stop_generating = api.stop_generating
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _api_error_response(exc)
+        return http.error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -329,7 +233,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse(schemas.error_body(str(exc.detail), code=code), exc.status_code)
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return _api_error_response(to_api_error(exc))
+        return http.error_response(to_api_error(exc))
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_error)
@@ -355,5 +259,5 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])
     security.install(app, bound_host=config.host, api_key=config.api_key,
                      cors_origins=config.cors_origins)
-    app.add_middleware(RequestLog)
+    app.add_middleware(http.RequestLog)
     return app

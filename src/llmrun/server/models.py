@@ -51,7 +51,7 @@ class ModelSpec:
     name: str  # canonical name: the pool's key and the API's model id
     path: Path
     chat_format: str | None = None
-    defaults: dict[str, float] = field(default_factory=dict)  # registry sampling defaults
+    defaults: dict[str, float | int] = field(default_factory=dict)  # registry defaults
 
 
 Loader = Callable[[ModelSpec], Engine]
@@ -70,7 +70,7 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False) -> Loader:
 
 
 class Busy(Exception):
-    """The queue is full; answer 503 with Retry-After."""
+    """The queue is full (or the server is stopping); answer 503 with Retry-After."""
 
 
 @dataclass
@@ -98,6 +98,8 @@ class Job:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.state = "queued"  # loop side: queued -> running -> finished (or cancelled)
+        self.finished = asyncio.Event()  # set on the loop once the worker is done with it
+        self.result: Result | None = None  # the worker's numbers, final once finished is set
 
     def post(self, event: Event) -> None:
         """From the worker thread: hand an event to the request handler."""
@@ -159,7 +161,7 @@ class Slot:
     @staticmethod
     def _execute(engine: Engine, job: Job) -> None:
         tokens, sampling = job.prepare(engine)
-        result = Result()
+        result = job.result = Result()
         pieces = engine.generate(tokens, sampling, result)
         cancelled = job.cancelled.is_set()
         try:
@@ -185,10 +187,15 @@ class Pool:
         self._opening = 0  # requests waiting for a free slot
         self._changed: asyncio.Event | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # keep background closes referenced
+        self._jobs: set[Job] = set()  # admitted, not finished
+        self.closing = False
 
     # ---- requests --------------------------------------------------------------------
     async def submit(self, spec: ModelSpec, prepare: Prepare) -> Job:
         """Queue a generation; raises Busy when the queue is full."""
+        if self.closing:
+            raise Busy("the server is shutting down")
         slot = self._slots.get(spec.name)
         if slot is None:
             if self._opening >= self.queue_size:
@@ -198,9 +205,10 @@ class Pool:
                 slot = await self.open(spec)
             finally:
                 self._opening -= 1
-        if slot.waiting >= self.queue_size:
+        if slot.waiting >= self.queue_size or self.closing:
             raise Busy
         job = Job(slot, prepare, asyncio.get_running_loop())
+        self._jobs.add(job)
         slot.waiting += 1
         slot.active += 1
         self._slots.move_to_end(spec.name)
@@ -214,6 +222,12 @@ class Pool:
         if job.state == "queued":
             job.state = "cancelled"
             job.slot.waiting -= 1
+
+    def cancel_all(self) -> None:
+        """The server is stopping: end every generation at its next token, admit no more."""
+        self.closing = True
+        for job in list(self._jobs):
+            self.cancel(job)
 
     async def open(self, spec: ModelSpec) -> Slot:
         """The slot for a model, started (loading) if needed; evicts LRU idle models."""
@@ -262,13 +276,17 @@ class Pool:
         if job.state == "queued":
             slot.waiting -= 1
         job.state = "finished"
+        job.finished.set()
+        self._jobs.discard(job)
         slot.running = False
         slot.active -= 1
         slot.last_used = time.monotonic()
         if slot.active == 0:
             self._notify()
             if self.keep_alive == 0 and self._slots.get(slot.spec.name) is slot:
-                asyncio.get_running_loop().create_task(self._close(slot))
+                task = asyncio.get_running_loop().create_task(self._close(slot))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     # ---- internals -------------------------------------------------------------------
     def _forget(self, slot: Slot) -> None:

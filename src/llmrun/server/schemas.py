@@ -8,6 +8,7 @@ tools, logit_bias) are refused rather than silently ignored.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -15,7 +16,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..engine import Result, Sampling
+from ..errors import (
+    ContextOverflow,
+    LlmrunError,
+    ModelError,
+    NotFound,
+    TemplateError,
+    UsageError,
+)
 
+log = logging.getLogger("llmrun.server")
 MAX_STOP = 4
 MAX_STOP_LEN = 256
 MAX_TOKENS_CAP = 1 << 20  # a static ceiling; the pool also checks against the model's n_ctx
@@ -88,7 +98,7 @@ class ResponseFormat(_Req):
         return self
 
 
-class _Common(_Req):
+class GenerateRequest(_Req):
     model: str = Field(min_length=1, max_length=MAX_NAME)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -107,7 +117,7 @@ class _Common(_Req):
     user: str | None = Field(None, max_length=MAX_NAME)
 
     @model_validator(mode="after")
-    def _supported(self) -> _Common:
+    def _supported(self) -> GenerateRequest:
         if self.n not in (None, 1):
             raise ValueError("n: only n=1 is supported")
         if self.logit_bias:
@@ -124,7 +134,7 @@ class _Common(_Req):
     def limit(self) -> int | None:
         return self.max_tokens
 
-    def sampling(self, defaults: dict[str, float]) -> Sampling:
+    def sampling(self, defaults: dict[str, float | int]) -> Sampling:
         """Request value > registry default > llmrun default."""
         s = Sampling()
         for key in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
@@ -137,7 +147,7 @@ class _Common(_Req):
         return s
 
 
-class ChatRequest(_Common):
+class ChatRequest(GenerateRequest):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
     response_format: ResponseFormat | None = None
@@ -155,7 +165,7 @@ class ChatRequest(_Common):
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def sampling(self, defaults: dict[str, float]) -> Sampling:
+    def sampling(self, defaults: dict[str, float | int]) -> Sampling:
         s = super().sampling(defaults)
         fmt = self.response_format
         if fmt is not None and fmt.type == "json_object":
@@ -165,7 +175,7 @@ class ChatRequest(_Common):
         return s
 
 
-class CompletionRequest(_Common):
+class CompletionRequest(GenerateRequest):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
@@ -185,7 +195,7 @@ class CompletionRequest(_Common):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-def parse(cls: type[_Common], body: bytes) -> Any:
+def parse(cls: type[GenerateRequest], body: bytes) -> Any:
     """Validate a JSON body; any failure is a 400 naming the first bad parameter."""
     try:
         return cls.model_validate_json(body)
@@ -197,6 +207,26 @@ def parse(cls: type[_Common], body: bytes) -> Any:
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise ApiError(400, f"{loc}: {msg}" if loc else msg, param=loc or None,
                        code="invalid_value") from None
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LlmrunError):
+        msg = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        if isinstance(exc, ContextOverflow):
+            return ApiError(400, msg, param="messages", code="context_length_exceeded")
+        if isinstance(exc, TemplateError):
+            return ApiError(400, msg, param="messages", code="chat_template_error")
+        if isinstance(exc, NotFound):
+            return ApiError(404, msg, param="model", code="model_not_found")
+        if isinstance(exc, UsageError):  # e.g. a JSON schema llama.cpp cannot turn into grammar
+            return ApiError(400, msg, param="response_format", code="invalid_value")
+        if isinstance(exc, ModelError):
+            return ApiError(500, msg, type="server_error", code="model_load_failed")
+        return ApiError(500, msg, type="server_error")
+    log.error("internal error", exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__})", type="server_error")
 
 
 # ---- responses ----------------------------------------------------------------------------
