@@ -85,10 +85,11 @@ def gemma_cli(pulled_root: Path) -> Cli:
 @pytest.fixture
 def private_gemma_cli(tmp_path: Path, pulled_root: Path) -> Iterator[Cli]:
     """A private copy of the pulled store (hard links), for tests that change it."""
-    shutil.copytree(pulled_root, tmp_path / "root", symlinks=True,
-                    copy_function=os.link)
     root = tmp_path / "root"
-    # manifests record absolute paths; point them at the copy
+    # weights as hard links (cheap); llmrun's own records as real copies, since they are
+    # rewritten below and must not change the shared store
+    shutil.copytree(pulled_root / "hub", root / "hub", symlinks=True, copy_function=os.link)
+    shutil.copytree(pulled_root / "home", root / "home")
     for manifest in (root / "home" / "state" / "manifests").glob("*.json"):
         manifest.write_text(manifest.read_text().replace(str(pulled_root), str(root)))
     yield Cli(make_env(root), root)

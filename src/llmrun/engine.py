@@ -107,7 +107,9 @@ class Model:
                  debug: bool = False, name: str | None = None) -> None:
         self.path = path
         self.name = name or path.name
-        self.info = gguf_file.read_info(path)  # pure-Python validation before native code
+        hint = (f"run `llmrun pull --force {name}`" if name and name != path.name
+                else "the file is damaged or not a GGUF model")
+        self.info = gguf_file.read_info(path, hint=hint)  # validated before native code sees it
         if self.info.split_count and self.info.split_count > 1:
             gguf_file.check_split_set(path)
         trained = self.info.context_length or DEFAULT_CTX

@@ -176,6 +176,17 @@ class Store:
             return found
         return None
 
+    def checked_path(self, manifest: Manifest) -> Path:
+        """The model file, refusing one that now resolves outside the store (a symlink
+        planted in the cache), without opening it (T13). Linked imports live elsewhere."""
+        path = manifest.model_path
+        if manifest.source != "link":
+            real = path.resolve()
+            if not (_inside(real, hub_cache_dir()) or _inside(real, self.blobs)):
+                raise CorruptModel(f"{path} resolves outside the model store ({real})",
+                                   hint=f"run `llmrun pull --force {manifest.name}`")
+        return path
+
     def remove(self, name: str) -> int:
         """Forget a model; delete its files unless another pulled model shares them.
         Returns bytes freed."""

@@ -88,4 +88,4 @@ def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:
     if entry is None and manifest.repo:
         found = registry().by_repo_file(manifest.repo, manifest.files[0].path)
         entry = found[1] if found else None
-    return manifest.model_path, manifest.name, entry
+    return store().checked_path(manifest), manifest.name, entry

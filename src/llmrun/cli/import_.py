@@ -46,6 +46,6 @@ def import_cmd(
             shutil.copyfile(file, tmp)
             os.replace(tmp, local)
     store.save(Manifest(name, "import", None, None, info.file_type, [
-        StoredFile(file.name, str(local), info.file_size, digest)], "import"))
+        StoredFile(file.name, str(local), info.file_size, digest)], "link" if link else "import"))
     output.info(f"imported {name} ({output.human_size(info.file_size)}, "
                 f"{'linked' if link else 'copied'}): {local}")

@@ -129,6 +129,7 @@ class Api:
         if isinstance(ev, Failed):
             raise to_api_error(ev.error)
         if isinstance(ev, Done) and ev.cancelled:
+            _record(state, ev.result)
             raise _SHUTTING_DOWN
         renderer = Renderer(kind, spec.name)
         if isinstance(ev, Done) and not req.stream:
@@ -149,12 +150,13 @@ class Api:
                     yield http.sse(r.chunk(text=ev.text, usage=usage))
                 else:
                     finished = True
+                    if isinstance(ev, Done):
+                        _record(state, ev.result)
                     if isinstance(ev, Failed) or ev.cancelled:
                         err = to_api_error(ev.error) if isinstance(ev, Failed) else _SHUTTING_DOWN
                         state.note = f"error: {err.message[:100]}"
                         yield http.sse(err.body())
                     else:
-                        _record(state, ev.result)
                         yield http.sse(r.chunk(finish=ev.result.finish_reason, usage=usage))
                         if usage:
                             yield http.sse(r.usage_chunk(ev.result))
