@@ -102,7 +102,9 @@ def test_split_model_fetches_every_part(hcli: Cli, hub: HubDouble) -> None:
     assert model["files"] == parts and model["size"] == 300_000
 
 
-def test_resume_after_sigkill_continues_from_bytes_on_disk(hcli: Cli, hub: HubDouble) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_resume_after_kill_continues_from_bytes_on_disk(hcli: Cli, hub: HubDouble,
+                                                       sig: signal.Signals) -> None:
     hub.set_faults(throttle_bps=400_000)
     proc = hcli.popen("pull", f"hf.co/{REPO}", stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
@@ -111,8 +113,9 @@ def test_resume_after_sigkill_continues_from_bytes_on_disk(hcli: Cli, hub: HubDo
     while not (part.exists() and part.stat().st_size >= SIZE // 4):
         assert proc.poll() is None and time.monotonic() < deadline, "pull did not progress"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=10)
+    assert code == {signal.SIGINT: 130}.get(sig, -sig)
     held = part.stat().st_size
     assert 0 < held < SIZE
     assert not _blob(hcli.root, _data(1)).exists()
@@ -322,3 +325,19 @@ def test_pull_through_olah_a_real_hub_mirror(tmp_path: Path) -> None:
         assert Path(proc.stdout.strip()).read_bytes() == _data(2)
         model = json.loads(cli("list", "--json").stdout)[0]
         assert model["revision"] == olah.commits[REPO]
+
+
+def test_prune_removes_orphaned_partials_but_not_models(hcli: Cli, hub: HubDouble) -> None:
+    assert hcli("pull", f"hf.co/{REPO}").returncode == 0
+    blobs = _blob(hcli.root, _data(1)).parent
+    orphan_part = blobs / ("f" * 64 + ".llmrun.part")
+    orphan_part.write_bytes(b"x" * 1000)
+    orphan_blob = blobs / ("e" * 64)
+    orphan_blob.write_bytes(b"y" * 500)
+    dry = hcli("prune", "--dry-run")
+    assert dry.returncode == 0 and "would free 1.5 KB" in dry.stderr and orphan_part.exists()
+    proc = hcli("prune")
+    assert proc.returncode == 0 and "freed 1.5 KB" in proc.stderr
+    assert not orphan_part.exists() and not orphan_blob.exists()
+    assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
+    assert hcli("verify").returncode == 0

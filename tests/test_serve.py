@@ -286,6 +286,9 @@ BAD_BODIES: list[tuple[str, bytes, int]] = [
     ("invalid JSON schema", json.dumps({**GOOD, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}})
      .encode(), 400),
+    ("schema too big for a grammar", json.dumps({**GOOD, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "string", "maxLength": 10**7}}}}).encode(), 400),
     ("unknown model", json.dumps({**GOOD, "model": "nope:1b"}).encode(), 404),
     ("9 MB body", json.dumps({**GOOD, "messages": [
         {"role": "user", "content": "x" * (9 * 2**20)}]}).encode(), 413),

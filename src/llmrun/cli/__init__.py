@@ -16,6 +16,7 @@ from .catalog import catalog_cmd
 from .chat import chat_cmd
 from .import_ import import_cmd
 from .list_ import list_cmd
+from .prune import prune_cmd
 from .pull import pull_cmd
 from .rm import rm_cmd
 from .run import run_cmd
@@ -59,6 +60,7 @@ app.command("rm")(rm_cmd)
 app.command("catalog")(catalog_cmd)
 app.command("import")(import_cmd)
 app.command("verify")(verify_cmd)
+app.command("prune")(prune_cmd)
 app.command("serve")(serve_cmd)
 
 def _debug() -> bool:

@@ -8,6 +8,7 @@ tools, logit_bias) are refused rather than silently ignored.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -86,6 +87,26 @@ class JsonSchemaFormat(_Req):
     description: str | None = None
 
 
+_SCHEMA_COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties",
+                  "maxProperties")
+MAX_SCHEMA_COUNT = 4096  # each unit becomes grammar rules llama.cpp must parse (S14)
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+
+
+def _check_schema(node: Any, depth: int = 0) -> None:
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _SCHEMA_COUNTS and isinstance(value, int) and value > MAX_SCHEMA_COUNT:
+                raise ValueError(f"JSON schema {key} {value} is over {MAX_SCHEMA_COUNT}")
+            _check_schema(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            _check_schema(value, depth + 1)
+
+
 class ResponseFormat(_Req):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
@@ -95,6 +116,10 @@ class ResponseFormat(_Req):
         if self.type == "json_schema" and (self.json_schema is None
                                            or self.json_schema.schema_ is None):
             raise ValueError("response_format json_schema needs json_schema.schema")
+        if self.json_schema is not None and self.json_schema.schema_ is not None:
+            if len(json.dumps(self.json_schema.schema_)) > MAX_SCHEMA_BYTES:
+                raise ValueError(f"JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB")
+            _check_schema(self.json_schema.schema_)
         return self
 
 
