@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException
 from ..engine import Result, Sampling
 from ..errors import ContextOverflow, LlmrunError, NotFound, UsageError
 from . import http, schemas, security
+from .http import to_api_error
 from .models import Busy, Done, Engine, Event, Failed, Job, Loader, ModelSpec, Piece, Pool
-from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer, to_api_error
+from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer
 
 log = logging.getLogger("llmrun.server")
 MAX_BODY = 8 * 1024 * 1024

@@ -1,5 +1,5 @@
-"""HTTP plumbing for the API: the request log, bounded body reading, noticing a client that
-hangs up, and server-sent-event framing."""
+"""HTTP plumbing for the API: llmrun errors -> HTTP status and OpenAI error code, the request
+log, bounded body reading, noticing a client that hangs up, and server-sent-event framing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import ContextOverflow, LlmrunError, ModelError, NotFound, TemplateError, UsageError
 from .schemas import ApiError
 
 log = logging.getLogger("llmrun.server")
@@ -22,6 +23,26 @@ T = TypeVar("T")
 
 class ClientGone(Exception):
     pass
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LlmrunError):
+        msg = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        if isinstance(exc, ContextOverflow):
+            return ApiError(400, msg, param="messages", code="context_length_exceeded")
+        if isinstance(exc, TemplateError):
+            return ApiError(400, msg, param="messages", code="chat_template_error")
+        if isinstance(exc, NotFound):
+            return ApiError(404, msg, param="model", code="model_not_found")
+        if isinstance(exc, UsageError):  # e.g. a JSON schema llama.cpp cannot turn into grammar
+            return ApiError(400, msg, param="response_format", code="invalid_value")
+        if isinstance(exc, ModelError):
+            return ApiError(500, msg, type="server_error", code="model_load_failed")
+        return ApiError(500, msg, type="server_error")
+    log.error("internal error", exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__})", type="server_error")
 
 
 def error_response(exc: ApiError) -> JSONResponse:

@@ -1,11 +1,10 @@
 """The model pool: models load on first use, unload after ``keep_alive`` idle seconds, and at
 most ``max_loaded`` are loaded at once (the least recently used idle one goes first).
 
-Each loaded model has one worker thread that owns it: loading, tokenizing, templating and
-generating all happen there, one request at a time, so a llama context is never used from two
-threads (R1). Requests wait in a bounded queue per model; a full queue is :class:`Busy` (503).
-A running generation is never cut short for a newer request (R2). Cancelling a job (the client
-went away) sets a flag the worker checks between tokens (R3, T29).
+Each loaded model has one worker thread that owns it (worker.py). Requests wait in a bounded
+queue per model; a full queue is :class:`Busy` (503). A running generation is never cut short
+for a newer request (R2). Cancelling a job (the client went away) sets a flag the worker checks
+between tokens (R3, T29).
 
 Bookkeeping (queue lengths, LRU order) lives on the event loop; worker threads report back
 with ``call_soon_threadsafe`` only.
@@ -14,168 +13,29 @@ with ``call_soon_threadsafe`` only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
-import queue
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from ..engine import LoadOptions, Result, Sampling
-from ..errors import LlmrunError, ModelError
+from .worker import (
+    Busy,
+    Done,
+    Engine,
+    Event,
+    Failed,
+    Job,
+    Loader,
+    ModelSpec,
+    Piece,
+    Prepare,
+    Slot,
+    engine_loader,
+)
 
+__all__ = ["Busy", "Done", "Engine", "Event", "Failed", "Job", "Loader", "ModelSpec", "Piece",
+           "Pool", "Prepare", "engine_loader"]
 log = logging.getLogger("llmrun.server")
-_LOAD_LOCK = threading.Lock()  # one native model load at a time, process-wide
-
-
-class Engine(Protocol):
-    """What the pool needs from a loaded model (engine.Model; fakes in tests)."""
-
-    n_ctx: int
-
-    def format_chat(self, messages: list[dict[str, str]]) -> str: ...
-    def tokenize(self, text: str, *, templated: bool) -> list[int]: ...
-    def chat_stops(self) -> list[str]: ...
-    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None: ...
-    def generate(self, tokens: list[int], sampling: Sampling,
-                 result: Result | None = None) -> Iterator[str]: ...
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # canonical name: the pool's key and the API's model id
-    path: Path
-    chat_format: str | None = None
-    defaults: dict[str, float | int] = field(default_factory=dict)  # registry defaults
-
-
-Loader = Callable[[ModelSpec], Engine]
-Prepare = Callable[[Engine], tuple[list[int], Sampling]]  # runs on the worker thread
-
-
-def engine_loader(opts: LoadOptions, *, debug: bool = False) -> Loader:
-    """Load models with llmrun's engine (in the worker thread that will own them)."""
-
-    def load(spec: ModelSpec) -> Engine:
-        from ..engine import Model
-
-        return Model(spec.path, opts, chat_format=spec.chat_format, debug=debug, name=spec.name)
-
-    return load
-
-
-class Busy(Exception):
-    """The queue is full (or the server is stopping); answer 503 with Retry-After."""
-
-
-@dataclass
-class Piece:
-    text: str
-
-
-@dataclass
-class Done:
-    result: Result
-    cancelled: bool = False
-
-
-@dataclass
-class Failed:
-    error: BaseException
-
-
-Event = Piece | Done | Failed
-
-
-class Job:
-    def __init__(self, slot: Slot, prepare: Prepare, loop: asyncio.AbstractEventLoop) -> None:
-        self.slot, self.prepare, self._loop = slot, prepare, loop
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = threading.Event()
-        self.state = "queued"  # loop side: queued -> running -> finished (or cancelled)
-        self.finished = asyncio.Event()  # set on the loop once the worker is done with it
-        self.result: Result | None = None  # the worker's numbers, final once finished is set
-
-    def post(self, event: Event) -> None:
-        """From the worker thread: hand an event to the request handler."""
-        try:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-            self.cancelled.set()
-
-
-class Slot:
-    """One model, the thread that owns it, and its queue."""
-
-    def __init__(self, pool: Pool, spec: ModelSpec, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool, self.spec, self._loop = pool, spec, loop
-        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.waiting = 0  # admitted, not started
-        self.active = 0  # admitted, not finished
-        self.running = False
-        self.loaded = False
-        self.last_used = time.monotonic()
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name=f"llmrun-model-{spec.name}")
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _run(self) -> None:
-        start = time.perf_counter()
-        try:
-            with _LOAD_LOCK:
-                engine = self.pool.load(self.spec)
-        except Exception as exc:
-            error = exc if isinstance(exc, LlmrunError) else ModelError(
-                f"could not load {self.spec.name}: {exc}")
-            self._call(self.pool._load_failed, self, error)
-            while (job := self.jobs.get()) is not None:
-                job.post(Failed(error))
-                self._call(self.pool._finished, self, job)
-            return
-        self._call(self.pool._loaded, self, time.perf_counter() - start)
-        while (job := self.jobs.get()) is not None:
-            if job.cancelled.is_set():
-                job.post(Done(Result(), cancelled=True))
-            else:
-                self._call(self.pool._started, self, job)
-                try:
-                    self._execute(engine, job)
-                except Exception as exc:
-                    job.post(Failed(exc))
-            self._call(self.pool._finished, self, job)
-        close = getattr(engine, "close", None)
-        del engine
-        if callable(close):
-            close()
-        del close
-        gc.collect()  # llama_cpp.Llama frees its native memory in __del__
-
-    @staticmethod
-    def _execute(engine: Engine, job: Job) -> None:
-        tokens, sampling = job.prepare(engine)
-        result = job.result = Result()
-        pieces = engine.generate(tokens, sampling, result)
-        cancelled = job.cancelled.is_set()
-        try:
-            if not cancelled:
-                for piece in pieces:
-                    if job.cancelled.is_set():
-                        cancelled = True
-                        break
-                    job.post(Piece(piece))
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # stops llama.cpp here, in the owning thread
-        job.post(Done(result, cancelled))
 
 
 class Pool:

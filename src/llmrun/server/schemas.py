@@ -9,7 +9,6 @@ tools, logit_bias) are refused rather than silently ignored.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -17,16 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..engine import Result, Sampling
-from ..errors import (
-    ContextOverflow,
-    LlmrunError,
-    ModelError,
-    NotFound,
-    TemplateError,
-    UsageError,
-)
 
-log = logging.getLogger("llmrun.server")
 MAX_STOP = 4
 MAX_STOP_LEN = 256
 MAX_TOKENS_CAP = 1 << 20  # a static ceiling; the pool also checks against the model's n_ctx
@@ -232,26 +222,6 @@ def parse(cls: type[GenerateRequest], body: bytes) -> Any:
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise ApiError(400, f"{loc}: {msg}" if loc else msg, param=loc or None,
                        code="invalid_value") from None
-
-
-def to_api_error(exc: BaseException) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, LlmrunError):
-        msg = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        if isinstance(exc, ContextOverflow):
-            return ApiError(400, msg, param="messages", code="context_length_exceeded")
-        if isinstance(exc, TemplateError):
-            return ApiError(400, msg, param="messages", code="chat_template_error")
-        if isinstance(exc, NotFound):
-            return ApiError(404, msg, param="model", code="model_not_found")
-        if isinstance(exc, UsageError):  # e.g. a JSON schema llama.cpp cannot turn into grammar
-            return ApiError(400, msg, param="response_format", code="invalid_value")
-        if isinstance(exc, ModelError):
-            return ApiError(500, msg, type="server_error", code="model_load_failed")
-        return ApiError(500, msg, type="server_error")
-    log.error("internal error", exc_info=exc)
-    return ApiError(500, f"internal error ({type(exc).__name__})", type="server_error")
 
 
 # ---- responses ----------------------------------------------------------------------------

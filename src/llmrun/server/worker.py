@@ -1,0 +1,199 @@
+"""One loaded model and the thread that owns it: loading, templating, tokenizing and
+generating all happen on that thread, one request at a time, so a llama context is never used
+from two threads (R1). Every call into llama.cpp also holds one process-wide FIFO lock, so with
+several models loaded their workers take turns token by token rather than run natively at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..engine import LoadOptions, Result, Sampling
+from ..errors import LlmrunError, ModelError
+
+if TYPE_CHECKING:
+    from .models import Pool
+
+log = logging.getLogger("llmrun.server")
+
+
+class _FairLock:
+    """A FIFO (ticket) lock: with several models loaded, their workers take turns token by
+    token instead of one starving the other."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket, self._next = self._next, self._next + 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+_NATIVE = _FairLock()  # held for every call into llama.cpp: never two threads at once
+
+
+class Engine(Protocol):
+    """What the pool needs from a loaded model (engine.Model; fakes in tests)."""
+
+    n_ctx: int
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str: ...
+    def tokenize(self, text: str, *, templated: bool) -> list[int]: ...
+    def chat_stops(self) -> list[str]: ...
+    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None: ...
+    def generate(self, tokens: list[int], sampling: Sampling,
+                 result: Result | None = None) -> Iterator[str]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # canonical name: the pool's key and the API's model id
+    path: Path
+    chat_format: str | None = None
+    defaults: dict[str, float | int] = field(default_factory=dict)  # registry defaults
+
+
+Loader = Callable[[ModelSpec], Engine]
+Prepare = Callable[[Engine], tuple[list[int], Sampling]]  # runs on the worker thread
+
+
+def engine_loader(opts: LoadOptions, *, debug: bool = False) -> Loader:
+    """Load models with llmrun's engine (in the worker thread that will own them)."""
+
+    def load(spec: ModelSpec) -> Engine:
+        from ..engine import Model
+
+        return Model(spec.path, opts, chat_format=spec.chat_format, debug=debug, name=spec.name)
+
+    return load
+
+
+class Busy(Exception):
+    """The queue is full (or the server is stopping); answer 503 with Retry-After."""
+
+
+@dataclass
+class Piece:
+    text: str
+
+
+@dataclass
+class Done:
+    result: Result
+    cancelled: bool = False
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+Event = Piece | Done | Failed
+
+
+class Job:
+    def __init__(self, slot: Slot, prepare: Prepare, loop: asyncio.AbstractEventLoop) -> None:
+        self.slot, self.prepare, self._loop = slot, prepare, loop
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.state = "queued"  # loop side: queued -> running -> finished (or cancelled)
+        self.finished = asyncio.Event()  # set on the loop once the worker is done with it
+        self.result: Result | None = None  # the worker's numbers, final once finished is set
+
+    def post(self, event: Event) -> None:
+        """From the worker thread: hand an event to the request handler."""
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+            self.cancelled.set()
+
+
+class Slot:
+    """One model, the thread that owns it, and its queue."""
+
+    def __init__(self, pool: Pool, spec: ModelSpec, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool, self.spec, self._loop = pool, spec, loop
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.waiting = 0  # admitted, not started
+        self.active = 0  # admitted, not finished
+        self.running = False
+        self.loaded = False
+        self.last_used = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"llmrun-model-{spec.name}")
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            with _NATIVE:
+                engine = self.pool.load(self.spec)
+        except Exception as exc:
+            error = exc if isinstance(exc, LlmrunError) else ModelError(
+                f"could not load {self.spec.name}: {exc}")
+            self._call(self.pool._load_failed, self, error)
+            while (job := self.jobs.get()) is not None:
+                job.post(Failed(error))
+                self._call(self.pool._finished, self, job)
+            return
+        self._call(self.pool._loaded, self, time.perf_counter() - start)
+        while (job := self.jobs.get()) is not None:
+            if job.cancelled.is_set():
+                job.post(Done(Result(), cancelled=True))
+            else:
+                self._call(self.pool._started, self, job)
+                try:
+                    self._execute(engine, job)
+                except Exception as exc:
+                    job.post(Failed(exc))
+            self._call(self.pool._finished, self, job)
+        with _NATIVE:
+            close = getattr(engine, "close", None)
+            del engine
+            if callable(close):
+                close()
+            del close
+            gc.collect()  # llama_cpp.Llama frees its native memory in __del__
+
+    @staticmethod
+    def _execute(engine: Engine, job: Job) -> None:
+        with _NATIVE:
+            tokens, sampling = job.prepare(engine)
+        result = job.result = Result()
+        pieces = engine.generate(tokens, sampling, result)
+        cancelled = job.cancelled.is_set()
+        try:
+            while not cancelled:
+                with _NATIVE:  # one token (or a few, when text is held back for stops)
+                    piece = next(pieces, None)
+                if piece is None:
+                    break
+                cancelled = job.cancelled.is_set()
+                if not cancelled:
+                    job.post(Piece(piece))
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                with _NATIVE:
+                    close()  # stops llama.cpp here, in the owning thread
+        job.post(Done(result, cancelled))
