@@ -29,6 +29,16 @@ def make_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def copy_store(src: Path, dst: Path) -> Path:
+    """A private copy of a pulled store: weights as hard links (cheap), llmrun's own records
+    as real copies, since they are rewritten here and must not change the original."""
+    shutil.copytree(src / "hub", dst / "hub", symlinks=True, copy_function=os.link)
+    shutil.copytree(src / "home", dst / "home")
+    for manifest in (dst / "home" / "state" / "manifests").glob("*.json"):
+        manifest.write_text(manifest.read_text().replace(str(src), str(dst)))
+    return dst
+
+
 @dataclass
 class Cli:
     env: dict[str, str]
@@ -85,11 +95,5 @@ def gemma_cli(pulled_root: Path) -> Cli:
 @pytest.fixture
 def private_gemma_cli(tmp_path: Path, pulled_root: Path) -> Iterator[Cli]:
     """A private copy of the pulled store (hard links), for tests that change it."""
-    root = tmp_path / "root"
-    # weights as hard links (cheap); llmrun's own records as real copies, since they are
-    # rewritten below and must not change the shared store
-    shutil.copytree(pulled_root / "hub", root / "hub", symlinks=True, copy_function=os.link)
-    shutil.copytree(pulled_root / "home", root / "home")
-    for manifest in (root / "home" / "state" / "manifests").glob("*.json"):
-        manifest.write_text(manifest.read_text().replace(str(pulled_root), str(root)))
+    root = copy_store(pulled_root, tmp_path / "root")
     yield Cli(make_env(root), root)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import GEMMA, Cli, make_env
+from conftest import GEMMA, Cli, copy_store, make_env
 
 from llmrun.engine import Result, Sampling
 from llmrun.errors import ModelError
@@ -113,18 +111,10 @@ class Server:
         return self.proc.returncode
 
 
-def _copy_root(src: Path, dst: Path) -> Path:
-    """A private copy (hard links) of a pulled store, manifests pointed at the copy."""
-    shutil.copytree(src, dst, symlinks=True, copy_function=os.link)
-    for manifest in (dst / "home" / "state" / "manifests").glob("*.json"):
-        manifest.write_text(manifest.read_text().replace(str(src), str(dst)))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def served_root(pulled_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pulled Gemma plus an imported model named `broken` whose file is truncated."""
-    root = _copy_root(pulled_root, tmp_path_factory.mktemp("serve") / "root")
+    root = copy_store(pulled_root, tmp_path_factory.mktemp("serve") / "root")
     gguf = next((root / "hub").rglob("*.gguf"))
     broken = root / "broken.gguf"
     broken.write_bytes(gguf.read_bytes()[: 1 << 20])
@@ -571,3 +561,24 @@ def test_pool_keep_alive_unloads_idle_models() -> None:
         await pool.shutdown()
 
     asyncio.run(main())
+
+
+def test_run_and_chat_against_a_server_in_client_mode(server: Any, gemma_cli: Any) -> None:
+    """`run --endpoint` / `chat --endpoint` talk to `llmrun serve` with the same flags and
+    give the same greedy text as a local run."""
+    url = server.url if hasattr(server, "url") else server
+    args = ("--temperature", "0", "--seed", "1", "-n", "8")
+    local = gemma_cli("run", GEMMA, *args, "--raw", "The three primary colors are")
+    remote = gemma_cli("run", GEMMA, *args, "--raw", "--endpoint", url,
+                       "The three primary colors are")
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout
+    as_json = json.loads(gemma_cli("run", GEMMA, *args, "--json", "--endpoint", url,
+                                   "Hello").stdout)
+    assert as_json["usage"]["completion_tokens"] > 0 and as_json["finish_reason"]
+    chat = gemma_cli("chat", GEMMA, *args, "--endpoint", url, input="Hi\nWhat is 2+2?\n")
+    assert chat.returncode == 0 and len(chat.stdout.split("\n\n")) == 2
+    missing = gemma_cli("run", "no-such:1b", "--endpoint", url, "hi")
+    assert missing.returncode == 3 and "Traceback" not in missing.stderr
+    down = gemma_cli("run", GEMMA, "--endpoint", "http://127.0.0.1:9", "hi")
+    assert down.returncode == 4 and "cannot reach" in down.stderr

@@ -99,14 +99,19 @@ class Session:
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def load(self, path: Path) -> None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            messages = data["messages"]
-            ok = all(isinstance(m, dict) and m.get("role") in ("user", "assistant")
-                     and isinstance(m.get("content"), str) for m in messages)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"cannot load transcript {path}: {exc}") from None
-        if not ok:
-            raise UsageError(f"{path} is not an llmrun transcript")
-        self.system = data.get("system") or self.system
-        self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        self.system, self.messages = load_transcript(path, self.system)
+
+
+def load_transcript(path: Path, system: str | None) -> tuple[str | None, list[Message]]:
+    """Read a transcript written by /save: (system prompt, messages)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        messages = data["messages"]
+        ok = all(isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                 and isinstance(m.get("content"), str) for m in messages)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot load transcript {path}: {exc}") from None
+    if not ok:
+        raise UsageError(f"{path} is not an llmrun transcript")
+    return (data.get("system") or system,
+            [{"role": m["role"], "content": m["content"]} for m in messages])

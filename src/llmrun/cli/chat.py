@@ -13,7 +13,7 @@ from ..exit_codes import ExitCode
 from . import chat_commands, common, gen, output
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .gen import AnySession as Session
 
 PROMPT = ">>> "
 
@@ -29,19 +29,23 @@ def chat_cmd(
     min_p: gen.MinP = None, repeat_penalty: gen.RepeatPenalty = None, seed: gen.Seed = None,
     max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
     gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, verbose: gen.Verbose = False,
-    no_pull: gen.NoPull = False,
+    no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
 ) -> None:
     """Chat with a model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D exits."""
     flags = gen.Flags(temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, stop,
-                      ctx, gpu_layers, threads, False, None, None, verbose, no_pull)
+                      ctx, gpu_layers, threads, False, None, None, verbose, no_pull,
+                      endpoint, api_key)
     session = gen.open_session(model, flags, system=system, trim=True)
-    session.model.template  # noqa: B018 - fail now, before the first message, if none
+    local = getattr(session, "model", None)
+    if local is not None:
+        local.template  # noqa: B018 - fail now, before the first message, if none
     last = common.settings().home / "chats" / "last.json"
     if resume and last.is_file():
         session.load(last)
         output.info(f"resumed {len(session.messages)} message(s) from {last}")
     if sys.stdin.isatty() and sys.stdout.isatty():
-        _interactive(session, markdown and output.stdout_is_tty(), last, verbose)
+        _interactive(session, markdown and output.stdout_is_tty(), last, verbose,
+                     local.name if local is not None else model)
     else:
         _scripted(session, last, verbose)
 
@@ -92,13 +96,14 @@ def _ensure(path: Path) -> Path:
     return path
 
 
-def _interactive(session: Session, markdown: bool, last: Path, verbose: bool) -> None:
+def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
+                 name: str) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
 
     history = _ensure(common.settings().home / "chat_history")
     prompt: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
-    output.info(f"chatting with {session.model.name}; /help for commands, Ctrl-D to quit")
+    output.info(f"chatting with {name}; /help for commands, Ctrl-D to quit")
     interrupted = False
     while True:
         try:

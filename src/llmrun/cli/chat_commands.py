@@ -9,7 +9,7 @@ from ..errors import UsageError
 from . import output
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .gen import AnySession as Session
 
 HELP = """\
 /help              this help
@@ -79,6 +79,12 @@ def _set(session: Session, arg: str) -> None:
 
 
 def _show(session: Session) -> None:
+    from ..client import RemoteSession
+
+    if isinstance(session, RemoteSession):
+        output.info(f"model:       {session.model_name} at {session.endpoint}\n"
+                    f"messages:    {len(session.messages)}\nsystem:      {session.system or '-'}")
+        return
     m = session.model
     used = len(session._tokens()) if session.messages or session.system else 0
     s = session.sampling

@@ -13,8 +13,11 @@ from ..errors import UsageError
 from . import common, output
 
 if TYPE_CHECKING:
-    from ..engine import Result
+    from ..client import RemoteSession
+    from ..engine import Result, Sampling
     from ..session import Session
+
+    AnySession = Session | RemoteSession
 
 Temperature = Annotated[float | None, typer.Option(
     "--temperature", min=0.0, max=5.0, help="0 = greedy (deterministic)")]
@@ -37,6 +40,11 @@ Schema = Annotated[str | None, typer.Option(
     "--schema", help="JSON schema (file path or inline JSON) the output must match")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="timings on stderr")]
 NoPull = Annotated[bool, typer.Option("--no-pull", help="fail instead of pulling")]
+Endpoint = Annotated[str | None, typer.Option(
+    "--endpoint", help="an OpenAI-compatible server (e.g. http://gpu-box:8000) to use instead "
+    "of a local model [env LLMRUN_ENDPOINT]")]
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", help="Bearer token for --endpoint [env LLMRUN_API_KEY]")]
 
 
 @dataclass
@@ -57,6 +65,8 @@ class Flags:
     schema: str | None
     verbose: bool
     no_pull: bool
+    endpoint: str | None = None
+    api_key: str | None = None
 
 
 def _schema(value: str | None) -> dict[str, Any] | None:
@@ -77,25 +87,42 @@ def _schema(value: str | None) -> dict[str, Any] | None:
     return schema
 
 
-def open_session(model: str, f: Flags, *, system: str | None, trim: bool = False) -> Session:
-    from ..engine import LoadOptions, Model, Sampling
-    from ..session import Session
+def _sampling(f: Flags, defaults: Any) -> Sampling:
+    """Flags over the registry entry's defaults over built-ins."""
+    from ..engine import Sampling
 
     if f.fmt not in (None, "json"):
         raise UsageError(f"unknown --format {f.fmt!r}", hint="the only format is 'json'")
-    schema = _schema(f.schema)
-    s = common.settings()
-    path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
-    d = entry.defaults if entry else None
     sampling = Sampling()
     for key in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
         value = getattr(f, key)
-        if value is None and d is not None:
-            value = getattr(d, key)
+        if value is None and defaults is not None:
+            value = getattr(defaults, key)
         if value is not None:
             setattr(sampling, key, value)
     sampling.seed, sampling.max_tokens, sampling.stop = f.seed, f.max_tokens, list(f.stop or [])
-    sampling.json_schema, sampling.json_any = schema, f.fmt == "json"
+    sampling.json_schema, sampling.json_any = _schema(f.schema), f.fmt == "json"
+    return sampling
+
+
+def open_session(model: str, f: Flags, *, system: str | None,
+                 trim: bool = False) -> AnySession:
+    from ..engine import LoadOptions, Model
+    from ..session import Session
+
+    s = common.settings()
+    endpoint = f.endpoint or s.endpoint
+    if endpoint:
+        from ..client import RemoteSession
+
+        if not endpoint.startswith(("http://", "https://")):
+            raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+        return RemoteSession(endpoint, model, _sampling(f, None), f.api_key or s.api_key,
+                             system=system, raw=f.raw, trim=trim)
+    sampling = _sampling(f, None)  # validate flags before a pull or a load
+    path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
+    if entry is not None:
+        sampling = _sampling(f, entry.defaults)
     opts = LoadOptions(n_ctx=f.ctx or s.ctx, n_gpu_layers=f.gpu_layers if f.gpu_layers is not None
                        else s.gpu_layers, n_threads=f.threads or s.threads)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
@@ -130,7 +157,7 @@ class StdoutSink:
         output.write("\n", flush=True)
 
 
-def answer(session: Session, prompt: str, sink: StdoutSink | None) -> Result:
+def answer(session: AnySession, prompt: str, sink: StdoutSink | None) -> Result:
     """One prompt → one answer (written to the sink as it streams)."""
     if not session.raw:
         session.clear()

@@ -36,7 +36,7 @@ def run_cmd(
     max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
     gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, raw: gen.Raw = False,
     fmt: gen.Format = None, schema: gen.Schema = None, verbose: gen.Verbose = False,
-    no_pull: gen.NoPull = False,
+    no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
 ) -> None:
     """Answer one prompt (argument and/or piped stdin) on stdout, streamed."""
     stdin = _read_stdin()
@@ -50,7 +50,8 @@ def run_cmd(
             raise UsageError("no prompt: give one as an argument or on stdin")
         prompts = [text]
     flags = gen.Flags(temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, stop,
-                      ctx, gpu_layers, threads, raw, fmt, schema, verbose, no_pull)
+                      ctx, gpu_layers, threads, raw, fmt, schema, verbose, no_pull,
+                      endpoint, api_key)
     session = gen.open_session(model, flags, system=system)
     for i, p in enumerate(prompts):
         if as_json:
