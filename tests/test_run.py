@@ -211,3 +211,27 @@ def test_real_model_pulled_through_a_loopback_hub_then_run(tmp_path: Path,
     assert json.loads(proc.stdout)["usage"]["prompt_tokens"] > 5  # templated
     verify = cli("verify")
     assert verify.returncode == 0 and verify.stdout.startswith("ok\t")
+
+
+def test_sampling_without_seed_varies_and_seed_repeats(gemma_cli: Cli) -> None:
+    args = ("run", GEMMA, "--raw", "--temperature", "1.5", "-n", "24", "Once upon a time")
+    free = {gemma_cli(*args).stdout for _ in range(3)}
+    assert len(free) > 1  # a fresh seed each run
+    seeded = {gemma_cli(*args, "--seed", "7").stdout for _ in range(2)}
+    assert len(seeded) == 1
+
+
+def test_flag_mistakes_are_caught_before_loading(gemma_cli: Cli) -> None:
+    raw_system = gemma_cli("run", GEMMA, "--raw", "--system", "be nice", "hi")
+    assert raw_system.returncode == 2 and "--system has no effect with --raw" in raw_system.stderr
+    empty = gemma_cli("run", GEMMA, "--each-line", input="\n\n")
+    assert empty.returncode == 2 and "--each-line needs prompts" in empty.stderr
+    overflow = gemma_cli("run", GEMMA, "--raw", "--ctx", "64", "word " * 200)
+    assert overflow.stdout == ""  # no stray newline on stdout before an error
+
+
+def test_verbose_names_the_device(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", "-n", "2", "-v", "--gpu-layers", "-1", "Hi")
+    assert proc.returncode == 0
+    assert "gpu layers: 0 (offload supported: no)" in proc.stderr
+    assert "no GPU support" in proc.stderr

@@ -55,6 +55,10 @@ class _ShortRead(Exception):
     pass
 
 
+class RetryableStatus(Exception):
+    """A 5xx or 429 answer: worth another try after back-off."""
+
+
 class _Restart(Exception):
     """The server ignored Range, or the partial file is stale: start again from byte 0."""
 
@@ -70,7 +74,7 @@ def fetch(t: Transfer, http: Http, *, retries: int = 5, backoff: float = 1.0,
             break
         except _Restart:
             t.part.unlink(missing_ok=True)
-        except (*http.transient, _ShortRead) as exc:  # type: ignore[misc]
+        except (*http.transient, _ShortRead, RetryableStatus) as exc:  # type: ignore[misc]
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise _disk_full(t) from None
             failures += 1

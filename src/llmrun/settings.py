@@ -19,7 +19,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMRUN_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="llmrun's own state")
-    default_model: str = Field("gemma3:270m-base", description="model used when none is named")
     ctx: int | None = Field(None, ge=16, description="context size; default min(4096, trained)")
     gpu_layers: int | None = Field(None, ge=-1, description="-1 = all; default all if offload")
     threads: int | None = Field(None, ge=1, description="default: physical cores")

@@ -191,15 +191,15 @@ class Store:
         Returns bytes freed."""
         manifest = self.require(name)
         self._manifest_path(name).unlink()
-        still_used = {f.sha256 for m in self.all() for f in m.files}
+        still_used = {Path(f.local).resolve() for m in self.all() for f in m.files}
         freed = 0
         for f in manifest.files:
-            if f.sha256 in still_used:
-                continue
             local = Path(f.local)
             blob = local.resolve()
             if local.is_symlink():
                 local.unlink(missing_ok=True)
+            if blob in still_used or _linked_elsewhere(blob):
+                continue  # another model, or a snapshot of `hf download`, still uses it
             if blob.is_file() and (_inside(blob, hub_cache_dir()) or _inside(blob, self.blobs)):
                 freed += blob.stat().st_size
                 blob.unlink()
@@ -207,6 +207,13 @@ class Store:
         if manifest.repo and not any(m.repo == manifest.repo for m in self.all()):
             _remove_repo_if_unused(manifest.repo)
         return freed
+
+
+def _linked_elsewhere(blob: Path) -> bool:
+    """Whether any snapshot of the blob's repo still points at it."""
+    snapshots = blob.parent.parent / "snapshots"
+    return snapshots.is_dir() and any(
+        p.is_symlink() and p.resolve() == blob for p in snapshots.rglob("*"))
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -140,9 +140,16 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
 
 
 def _multiline(prompt: object) -> str:
+    """Lines until a closing \"\"\". Ctrl-C drops the block; Ctrl-D sends what was typed."""
     lines: list[str] = []
     while True:
-        line = prompt.prompt("... ")  # type: ignore[attr-defined]
+        try:
+            line = prompt.prompt("... ")  # type: ignore[attr-defined]
+        except KeyboardInterrupt:
+            output.info("(message discarded)")
+            return ""
+        except EOFError:
+            return "\n".join(lines)
         if line.strip() == '"""':
             return "\n".join(lines)
         lines.append(line)

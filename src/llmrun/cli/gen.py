@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,6 +12,7 @@ import typer
 
 from ..errors import UsageError
 from . import common, output
+from .output import OutputClosed
 
 if TYPE_CHECKING:
     from ..client import RemoteSession
@@ -100,7 +102,10 @@ def _sampling(f: Flags, defaults: Any) -> Sampling:
             value = getattr(defaults, key)
         if value is not None:
             setattr(sampling, key, value)
-    sampling.seed, sampling.max_tokens, sampling.stop = f.seed, f.max_tokens, list(f.stop or [])
+    # llama-cpp-python's default seed is fixed: without --seed, draw one so that sampled
+    # answers differ between runs, as users expect
+    sampling.seed = f.seed if f.seed is not None else secrets.randbelow(2**31)
+    sampling.max_tokens, sampling.stop = f.max_tokens, list(f.stop or [])
     sampling.json_schema, sampling.json_any = _schema(f.schema), f.fmt == "json"
     return sampling
 
@@ -119,6 +124,8 @@ def open_session(model: str, f: Flags, *, system: str | None,
             raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
         return RemoteSession(endpoint, model, _sampling(f, None), f.api_key or s.api_key,
                              system=system, raw=f.raw, trim=trim)
+    if f.raw and system:
+        raise UsageError("--system has no effect with --raw (no chat template is used)")
     sampling = _sampling(f, None)  # validate flags before a pull or a load
     path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
     if entry is not None:
@@ -127,8 +134,15 @@ def open_session(model: str, f: Flags, *, system: str | None,
                        else s.gpu_layers, n_threads=f.threads or s.threads)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
                    debug=s.debug or f.verbose, name=name)
+    if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
+        output.warn("this llama-cpp-python build has no GPU support: running on the CPU "
+                    "(see docs/gpu.md to build it with CUDA, Metal or Vulkan)")
+    if f.verbose:
+        output.info(f"model: {path}\ncontext: {loaded.n_ctx} tokens, threads: {loaded.threads}, "
+                    f"gpu layers: {loaded.gpu_layers} (offload supported: "
+                    f"{'yes' if loaded.offload_supported else 'no'})")
     if loaded.ctx_capped:
-        output.warn(f"--ctx capped at {loaded.n_ctx}, the context {name} was trained on")
+        output.warn(f"context size capped at {loaded.n_ctx}, the context {name} was trained on")
     return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
 
 
@@ -166,9 +180,14 @@ def answer(session: AnySession, prompt: str, sink: StdoutSink | None) -> Result:
         for piece in turn:
             if sink is not None:
                 sink.write(piece)
-    finally:
-        if sink is not None:
-            sink.close()
+    except (KeyboardInterrupt, OutputClosed):
+        raise
+    except BaseException:
+        if sink is not None and sink.started:
+            sink.close()  # finish the partial line before the error goes to stderr
+        raise
+    if sink is not None:
+        sink.close()
     s = session.sampling
     if (s.json_schema is not None or s.json_any) and turn.result.finish_reason == "length":
         output.warn("the answer hit the token limit before its JSON was complete; "

@@ -23,24 +23,24 @@ def _candidates() -> list[Path]:
     manifests = list(store.all())
     referenced = {f.sha256 for m in manifests for f in m.files}
     found: list[Path] = []
+    # our partial files in any repo (a first pull that never finished has no record)
+    for part in sorted(hub_cache_dir().glob(f"models--*/blobs/*{PART_SUFFIX}")):
+        key = part.name[: -len(PART_SUFFIX)]
+        lock = hub_cache_dir() / ".locks" / part.parent.parent.name / f"{key}.lock"
+        try:
+            with FileLock(lock, timeout=0):
+                found.append(part)  # nobody holds the lock: that pull is not running
+        except Timeout:
+            continue
+    # unreferenced blobs only in repos llmrun pulled; other repos belong to other tools
     for repo in sorted({m.repo for m in manifests if m.repo}):
         root = repo_dir(repo)
-        blobs = root / "blobs"
-        if not blobs.is_dir():
+        if not (root / "blobs").is_dir():
             continue
         linked = {Path(os.path.realpath(p)).name for p in (root / "snapshots").rglob("*")
                   if p.is_symlink()}
-        for blob in blobs.iterdir():
-            if blob.name.endswith(PART_SUFFIX):
-                key = blob.name[: -len(PART_SUFFIX)]
-                lock = hub_cache_dir() / ".locks" / root.name / f"{key}.lock"
-                try:
-                    with FileLock(lock, timeout=0):
-                        found.append(blob)  # nobody holds the lock: the pull is not running
-                except Timeout:
-                    continue
-            elif blob.name not in linked and blob.name not in referenced:
-                found.append(blob)
+        found += [b for b in (root / "blobs").iterdir() if not b.name.endswith(PART_SUFFIX)
+                  and b.name not in linked and b.name not in referenced]
     found += [p for p in store.blobs.glob("sha256-*.gguf") if p.name[7:-5] not in referenced]
     return found
 

@@ -29,16 +29,17 @@ def rm_cmd(
             raise ModelNotPulled(f"model {name!r} is not pulled", hint="see `llmrun list`")
         manifests.append(manifest)
     total = sum(m.size for m in manifests)
+    if not yes and not dry_run:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without confirmation", hint="pass -y")
+        listing = ", ".join(m.name for m in manifests)
+        if not typer.confirm(f"Delete {listing} ({output.human_size(total)})?"):
+            output.info("nothing removed")
+            return
     for m in manifests:
         output.info(f"{'would remove' if dry_run else 'removing'} {m.name} "
                     f"({output.human_size(m.size)})")
     if dry_run:
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to delete without confirmation", hint="pass -y")
-        if not typer.confirm(f"Delete {len(manifests)} model(s), {output.human_size(total)}?"):
-            output.info("nothing removed")
-            return
     freed = sum(common.store().remove(m.name) for m in manifests)
     output.info(f"freed {output.human_size(freed)}")

@@ -42,6 +42,8 @@ def run_cmd(
     stdin = _read_stdin()
     if each_line:
         prompts = [line for line in stdin.splitlines() if line.strip()]
+        if not prompts:
+            raise UsageError("--each-line needs prompts on stdin, one per line")
         if prompt:
             prompts = [f"{p}\n\n{prompt}" for p in prompts]
     else:

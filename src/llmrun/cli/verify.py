@@ -21,7 +21,8 @@ def verify_cmd(
     store = common.store()
     manifests = list(store.all()) if not names else [
         common.imported(n) or store.require(_name(n)) for n in names]
-    bad = []
+    bad: list[str] = []
+    broken: list[str] = []
     for m in manifests:
         for f in m.files:
             path = Path(f.local)
@@ -32,10 +33,12 @@ def verify_cmd(
                 status = "MISMATCH"
             if status != "ok":
                 bad.append(f"{m.name}: {f.path}")
+                broken.append(m.name)
             output.write(f"{status}\t{m.name}\t{f.path}\n")
     if bad:
         raise ChecksumMismatch(f"{len(bad)} file(s) failed verification: {bad[0]}",
-                               hint="run `llmrun pull --force NAME` to repair")
+                               hint="repair with `llmrun pull --force "
+                                    + " ".join(dict.fromkeys(broken)) + "` (imports: import again)")
 
 
 def _name(text: str) -> str:
