@@ -422,3 +422,26 @@ def test_rm_keeps_a_blob_another_tool_still_links(hcli: Cli, hub: HubDouble) -> 
     other.symlink_to(os.path.relpath(blob, other.parent))
     assert hcli("rm", "-y", f"hf.co/{REPO}").returncode == 0
     assert blob.exists() and other.read_bytes() == _data(1)
+
+
+def test_progress_bar_and_table_only_on_a_terminal(hcli: Cli, hub: HubDouble) -> None:
+    """On a terminal: a Rich progress bar on stderr and a table for `list`; piped, neither
+    (the piped cases are asserted throughout this file)."""
+    import pexpect
+
+    hub.set_faults(throttle_bps=1_500_000)
+    env = {**hcli.env, "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(sys.executable, ["-m", "llmrun", "pull", f"hf.co/{REPO}"], env=env,
+                          encoding="utf-8", timeout=60, dimensions=(30, 120))
+    child.expect(r"[\d.]+/[\d.]+ MB")  # DownloadColumn: bytes held / total
+    child.expect(r"[\d.]+ [kM]B/s")  # TransferSpeedColumn
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    table = pexpect.spawn(sys.executable, ["-m", "llmrun", "list"], env=env, encoding="utf-8",
+                          timeout=60, dimensions=(30, 120))
+    table.expect(pexpect.EOF)
+    screen = table.before
+    assert "NAME" in screen and "hf.co/test-org/tiny-GGUF:Q4_K_M" in screen
+    assert "\t" not in screen  # a table, not tab-separated lines

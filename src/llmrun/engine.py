@@ -28,7 +28,7 @@ class LoadOptions:
     n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
     n_threads: int | None = None  # None: physical cores
     n_batch: int = 512
-    flash_attn: bool | None = None  # None: on when offloading to a GPU
+    flash_attn: bool | None = None  # None: on, as llama.cpp's "auto" is where supported
     use_mmap: bool = True
 
 
@@ -127,8 +127,9 @@ class Model:
             self.llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
                 n_threads=self.threads, n_threads_batch=self.threads, n_batch=opts.n_batch,
-                flash_attn=opts.flash_attn if opts.flash_attn is not None else (
-                    offload and self.gpu_layers != 0),
+                # llama.cpp's own default is "auto" (on wherever supported, CPU included);
+                # llama-cpp-python offers only on/off, so on it is, like llama-cli
+                flash_attn=opts.flash_attn if opts.flash_attn is not None else True,
                 use_mmap=opts.use_mmap, verbose=debug)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(

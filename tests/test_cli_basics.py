@@ -1,0 +1,50 @@
+"""The CLI shell: version, help, start-up cost, the error boundary and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import Cli
+
+
+def test_version_and_help(cli: Cli) -> None:
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("llmrun ")
+    for flag in ("-h", "--help"):
+        helped = cli(flag)
+        assert helped.returncode == 0
+        for command in ("run", "chat", "pull", "list", "show", "rm", "serve", "catalog",
+                        "import", "verify", "prune"):
+            assert f"  {command} " in helped.stdout
+
+
+def test_help_does_not_import_heavy_libraries(cli: Cli) -> None:
+    code = ("import sys\nsys.argv = ['llmrun', '--help']\nimport llmrun.cli as c\n"
+            "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+            "heavy = {'llama_cpp', 'huggingface_hub', 'fastapi', 'uvicorn', 'rich', 'pydantic'}\n"
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli.env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stderr.strip() == "[]"
+
+
+def test_usage_errors_exit_2_without_traceback(cli: Cli) -> None:
+    for args in (("no-such-command",), ("run",), ("pull",), ("run", "x", "--temperature",
+                                                             "hot")):
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_bad_setting_is_one_line(cli: Cli) -> None:
+    proc = cli("list", env={"LLMRUN_RETRIES": "-3"})
+    assert proc.returncode == 2 and "LLMRUN_" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_shows_a_traceback(cli: Cli) -> None:
+    quiet = cli("verify", "no-such-model:1b")
+    assert quiet.returncode == 3 and "Traceback" not in quiet.stderr
+    loud = cli("verify", "no-such-model:1b", env={"LLMRUN_DEBUG": "1"})
+    assert loud.returncode == 3 and "Traceback" in loud.stderr
