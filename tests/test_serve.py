@@ -582,3 +582,17 @@ def test_run_and_chat_against_a_server_in_client_mode(server: Any, gemma_cli: An
     assert missing.returncode == 3 and "Traceback" not in missing.stderr
     down = gemma_cli("run", GEMMA, "--endpoint", "http://127.0.0.1:9", "hi")
     assert down.returncode == 4 and "cannot reach" in down.stderr
+
+
+def test_exactly_one_listener_on_loopback(server: Server) -> None:
+    """T33: the server opens one listening socket, on loopback, and nothing else (no RPC,
+    no second admin port)."""
+    import psutil
+
+    proc = psutil.Process(server.proc.pid)
+    conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") \
+        else proc.connections(kind="inet")
+    listening = [c for c in conns if c.status == psutil.CONN_LISTEN]
+    assert [(c.laddr.ip, c.laddr.port) for c in listening] == [("127.0.0.1", server.port)]
+    for path in ("/api/pull", "/api/delete", "/v1/admin", "/api/create"):
+        assert httpx.post(server.url + path, json={}, timeout=30).status_code in (404, 405)
