@@ -445,3 +445,53 @@ def test_progress_bar_and_table_only_on_a_terminal(hcli: Cli, hub: HubDouble) ->
     screen = table.before
     assert "NAME" in screen and "hf.co/test-org/tiny-GGUF:Q4_K_M" in screen
     assert "\t" not in screen  # a table, not tab-separated lines
+
+
+def test_registry_size_disagreeing_with_the_hub_stops_before_downloading(
+        hcli: Cli, hub: HubDouble) -> None:
+    (hcli.root / "home").mkdir()
+    (hcli.root / "home" / "models.yaml").write_text(f"""
+schema: 1
+models:
+  big:1b:
+    title: Big
+    family: big
+    params: 70B
+    license: mit
+    repo: {REPO}
+    default_quant: Q4_K_M
+    quants:
+      Q4_K_M:
+        files: [{{path: {Q4}, size: {SIZE * 2}}}]
+""")
+    proc = hcli("pull", "big:1b")
+    assert proc.returncode == 4 and "bytes on the Hub but" in proc.stderr
+    assert _gets(hub, Q4) == []
+
+
+def test_memory_warning_and_disk_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit test of the pre-flight checks (our own arithmetic): a fake plan, real psutil."""
+    import shutil as sh
+    from collections import namedtuple
+
+    import psutil
+
+    from llmrun import pull
+    from llmrun.errors import DiskFull
+
+    warnings: list[str] = []
+
+    class Events:
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+    ram = psutil.virtual_memory().total
+    plan = pull.Plan("big:1b", "registry", REPO, "a" * 40, "Q4_K_M",
+                     [pull.PlannedFile("x-Q4_K_M.gguf", ram, "b" * 64)], "hub")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10 * ram, 0, 10 * ram))
+    pull.check_space(plan, tmp_path / "blobs", Events())  # type: ignore[arg-type]
+    assert len(warnings) == 1 and "of memory" in warnings[0]
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(ram, 0, ram // 2))
+    with pytest.raises(DiskFull, match=r"need .* have"):
+        pull.check_space(plan, tmp_path / "blobs", Events())  # type: ignore[arg-type]

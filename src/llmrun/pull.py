@@ -88,6 +88,11 @@ def make_plan(ref: Ref, *, offline: bool) -> Plan:
         commit = hub.resolve_commit(entry.repo, entry.revision)
         for f in files:
             _, remote = hub.file_info(entry.repo, f.path, commit)
+            if f.size and remote.size and f.size != remote.size:
+                raise ChecksumMismatch(
+                    f"hf.co/{entry.repo}/{f.path} is {remote.size} bytes on the Hub but "
+                    f"{f.size} in the registry: the file was re-uploaded or the entry is wrong",
+                    hint="nothing was downloaded; check the entry in models.yaml")
             f.size = f.size or remote.size
             f.sha256 = f.sha256 or remote.sha256
         return Plan(ref.display, "registry", entry.repo, commit, ref.quant, files, "hub",
