@@ -89,19 +89,19 @@ def _schema(value: str | None) -> dict[str, Any] | None:
     return schema
 
 
-def _sampling(f: Flags, defaults: Any) -> Sampling:
-    """Flags over the registry entry's defaults over built-ins."""
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+
+
+def _sampling(f: Flags) -> Sampling:
+    """Sampling from the flags over the built-ins (registry defaults are applied later)."""
     from ..engine import Sampling
 
     if f.fmt not in (None, "json"):
         raise UsageError(f"unknown --format {f.fmt!r}", hint="the only format is 'json'")
     sampling = Sampling()
-    for key in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
-        value = getattr(f, key)
-        if value is None and defaults is not None:
-            value = getattr(defaults, key)
-        if value is not None:
-            setattr(sampling, key, value)
+    for key in _SAMPLING_KEYS:
+        if getattr(f, key) is not None:
+            setattr(sampling, key, getattr(f, key))
     # llama-cpp-python's default seed is fixed: without --seed, draw one so that sampled
     # answers differ between runs, as users expect
     sampling.seed = f.seed if f.seed is not None else secrets.randbelow(2**31)
@@ -122,14 +122,17 @@ def open_session(model: str, f: Flags, *, system: str | None,
 
         if not endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
-        return RemoteSession(endpoint, model, _sampling(f, None), f.api_key or s.api_key,
+        return RemoteSession(endpoint, model, _sampling(f), f.api_key or s.api_key,
                              system=system, raw=f.raw, trim=trim)
     if f.raw and system:
         raise UsageError("--system has no effect with --raw (no chat template is used)")
-    sampling = _sampling(f, None)  # validate flags before a pull or a load
+    sampling = _sampling(f)  # validate flags before a pull or a load
     path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
-    if entry is not None:
-        sampling = _sampling(f, entry.defaults)
+    if entry is not None:  # the registry's defaults fill what no flag set
+        for key in _SAMPLING_KEYS:
+            default = getattr(entry.defaults, key)
+            if getattr(f, key) is None and default is not None:
+                setattr(sampling, key, default)
     opts = LoadOptions(n_ctx=f.ctx or s.ctx, n_gpu_layers=f.gpu_layers if f.gpu_layers is not None
                        else s.gpu_layers, n_threads=f.threads or s.threads)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
