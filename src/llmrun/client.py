@@ -117,6 +117,12 @@ class RemoteSession:
             if not self.raw and result.text:
                 self.messages.append({"role": "assistant", "content": result.text.strip()})
 
+    def prepare(self) -> None:
+        """Nothing to do ahead of time: the server evaluates the prompt."""
+
+    def settle(self) -> None:
+        """No background work to wait for."""
+
     def clear(self) -> None:
         self.messages.clear()
 

@@ -168,6 +168,28 @@ class Model:
             tokens = self.llama.tokenize(data, add_bos=True, special=False)
         return list(tokens)
 
+    def prefill(self, tokens: list[int]) -> int:
+        """Evaluate ``tokens`` into the KV cache ahead of the next generate() whose prompt starts
+        with them (llama-cpp-python reuses the longest cached prefix). Returns how many tokens
+        were evaluated; 0 when they are already cached."""
+        llama = self.llama
+        held = llama.input_ids[: llama.n_tokens]
+        common = 0
+        for a, b in zip(held, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        if common >= len(tokens) or len(tokens) >= self.n_ctx:
+            return 0
+        llama.n_tokens = common
+        llama.eval(tokens[common:])
+        # finish the work now, in this (background) thread, and book it in llama.cpp's perf
+        # counters, which generate() resets: they count only what the prompt itself costs
+        import llama_cpp
+
+        llama_cpp.llama_synchronize(llama.ctx)
+        return len(tokens) - common
+
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         if n_prompt >= self.n_ctx:
             raise ContextOverflow(

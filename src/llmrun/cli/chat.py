@@ -43,11 +43,14 @@ def chat_cmd(
     if resume and last.is_file():
         session.load(last)
         output.info(f"resumed {len(session.messages)} message(s) from {last}")
-    if sys.stdin.isatty() and sys.stdout.isatty():
-        _interactive(session, markdown and output.stdout_is_tty(), last, verbose,
-                     local.name if local is not None else model)
-    else:
-        _scripted(session, last, verbose)
+    try:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            _interactive(session, markdown and output.stdout_is_tty(), last, verbose,
+                         local.name if local is not None else model)
+        else:
+            _scripted(session, last, verbose)
+    finally:
+        session.settle()  # never tear the model down under a running prefill
 
 
 def _reply(session: Session, text: str, markdown: bool, verbose: bool) -> None:
@@ -76,6 +79,7 @@ def _reply(session: Session, text: str, markdown: bool, verbose: bool) -> None:
 def _scripted(session: Session, last: Path, verbose: bool) -> None:
     """stdin is not a terminal: one user message per line, replies separated by blank lines."""
     first = True
+    session.prepare()
     for line in sys.stdin:
         text = line.strip()
         if not text:
@@ -83,12 +87,14 @@ def _scripted(session: Session, last: Path, verbose: bool) -> None:
         if text.startswith("/"):
             if chat_commands.handle(session, text, last) == "exit":
                 return
+            session.prepare()
             continue
         if not first:
             output.write("\n")
         first = False
         _reply(session, text, False, verbose)
         session.save(_ensure(last))
+        session.prepare()  # evaluate the next prompt's opening while the next line comes
 
 
 def _ensure(path: Path) -> Path:
@@ -106,6 +112,7 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
     output.info(f"chatting with {name}; /help for commands, Ctrl-D to quit")
     interrupted = False
     while True:
+        session.prepare()  # the model reads ahead while the user types
         try:
             text = prompt.prompt(PROMPT)
         except KeyboardInterrupt:

@@ -86,7 +86,7 @@ def _show(session: Session) -> None:
                     f"messages:    {len(session.messages)}\nsystem:      {session.system or '-'}")
         return
     m = session.model
-    used = len(session._tokens()) if session.messages or session.system else 0
+    used = session.context_used()
     s = session.sampling
     output.info(
         f"model:       {m.name} ({m.info.architecture}, {m.info.file_type})\n"
