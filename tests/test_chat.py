@@ -108,3 +108,72 @@ def test_context_full_drops_oldest_turns_with_notice(gemma_cli: Cli) -> None:
                      "--system", "Be brief.", input=lines + "\n")
     assert proc.returncode == 0, proc.stderr
     assert "dropped the" in proc.stderr and "oldest exchange" in proc.stderr
+
+
+def test_help_and_system_prompt_in_a_terminal(private_gemma_cli: Cli) -> None:
+    child = _spawn(private_gemma_cli, "--temperature", "0", "-n", "8")
+    child.sendline("/help")
+    for command in ("/bye", "/clear", "/system TEXT", "/set PARAM VALUE", "/show", "/save FILE",
+                    "/load FILE", "/stats"):
+        child.expect_exact(command)
+    child.expect_exact(PROMPT)
+    child.sendline("/system You answer like a pirate.")
+    child.expect_exact("system prompt set")
+    child.expect_exact(PROMPT)
+    child.sendline("/show")
+    child.expect(r"context: +(\d+) of 4096 tokens used")
+    assert int(child.match.group(1)) > 5  # the system prompt counts before any message
+    child.expect_exact("system:      You answer like a pirate.")
+    child.expect_exact(PROMPT)
+    child.sendline("Hello")
+    child.expect_exact(PROMPT)
+    child.sendline("/system")
+    child.expect_exact("system prompt cleared")
+    child.sendline("/save " + str(private_gemma_cli.root / "pirate.json"))
+    child.expect_exact("saved 2 message(s)")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    saved = json.loads((private_gemma_cli.root / "pirate.json").read_text())
+    assert saved["system"] is None and saved["messages"][0]["content"] == "Hello"
+
+
+def test_markdown_is_rendered_on_a_terminal(private_gemma_cli: Cli) -> None:
+    """The screen, as a terminal emulator (pyte) draws it, shows the reply's Markdown rendered:
+    bold text in bold, without its asterisks. The base model echoes its input, so a message
+    with Markdown in it gets a reply with Markdown in it (checked in the saved transcript)."""
+    import io
+
+    import pyte
+
+    child = _spawn(private_gemma_cli, "--markdown", "--temperature", "0", "-n", "8")
+    screen_log = io.StringIO()
+    child.logfile_read = screen_log
+    child.sendline("**Bananas** are yellow.")
+    child.expect_exact(PROMPT)
+    saved = private_gemma_cli.root / "md.json"
+    child.sendline(f"/save {saved}")
+    child.expect_exact("saved 2 message(s)")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    reply = json.loads(saved.read_text())["messages"][1]["content"]
+    assert "**Bananas**" in reply  # the premise: the model's own text has Markdown in it
+    screen = pyte.Screen(120, 40)
+    pyte.Stream(screen).feed(screen_log.getvalue())
+    rendered = [(y, line) for y, line in enumerate(screen.display)
+                if "Bananas are yellow" in line and "**" not in line]
+    assert rendered, "\n".join(screen.display)
+    y, line = rendered[0]
+    x = line.index("Bananas")
+    assert all(screen.buffer[y][x + i].bold for i in range(len("Bananas")))
+    assert not screen.buffer[y][x + len("Bananas are ")].bold  # only the marked word
+
+
+def test_markdown_flag_is_plain_text_in_a_pipe(gemma_cli: Cli) -> None:
+    args = ("chat", GEMMA, "--temperature", "0", "-n", "8")
+    plain = gemma_cli(*args, input="**Bananas** are yellow.\n")
+    marked = gemma_cli(*args, "--markdown", input="**Bananas** are yellow.\n")
+    assert marked.returncode == 0, marked.stderr
+    assert "**Bananas**" in marked.stdout and marked.stdout == plain.stdout
+    assert "\x1b[" not in marked.stdout
