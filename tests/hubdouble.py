@@ -18,9 +18,14 @@ Git object ids (blob, tree, commit) are computed exactly as git would for a repo
 commit holds the current files (LFS files as pointer files), authored like ``olah_hub.OlahHub``
 does, so the double's commit and oids equal olah's for the same files.
 
-Faults (``hub.faults`` / ``Faults``) change only the body of a file GET, except ``status_for``
-and ``require_token`` which apply to every request. They can be changed at any time; each
-request reads them when it starts.
+Faults (``hub.faults`` / ``Faults``) change only the body of a file GET, except ``status_for``,
+``require_token`` and ``hold_for`` which apply to every request. They can be changed at any
+time; each request reads them when it starts.
+
+Hostile listings: ``add_file(..., unsafe_name=True)`` stores a name the Hub could never hold
+(``../../evil.gguf``, ``sub/..\\..\\x.gguf``, ``/tmp/x.gguf``) verbatim; it is listed as one
+entry at the root of the tree, in model_info's siblings and by paths-info, as a hostile
+Hub-compatible server would answer.
 
 Standalone: ``python tests/hubdouble.py --repo ORG/NAME --file PATH [--file PATH] [--port N]``
 prints the URL on stdout and serves until killed.
@@ -97,6 +102,12 @@ class Faults:
                     open), then carry on. Ends early when the server stops.
       throttle_bps: pace the body at about this many bytes per second.
     Request faults (every request):
+      hold_for:     substring of the path (URL-decoded, no query; may start with a method like
+                    ``status_for`` keys): a matching request is held, unanswered, until
+                    ``hub.release()`` (or ``reset_faults()`` / ``stop()``). ``hub.wait_held(t)``
+                    waits until one is held. With ``hold_after=N`` the hold applies to a file
+                    GET's body instead: headers and N body bytes are sent first (0 = right
+                    after the headers). Counted by ``hold_times``.
       status_for:   {substring: status}; a request whose path (URL-decoded, no query) contains
                     the substring gets that status with the Hub's error headers (401
                     RepoNotFound, 403 GatedRepo, 404 EntryNotFound/RepoNotFound, 5xx plain).
@@ -118,6 +129,9 @@ class Faults:
     stall_seconds: float = 5.0
     stall_times: int | None = None
     throttle_bps: int | None = None
+    hold_for: str | None = None
+    hold_after: int | None = None
+    hold_times: int | None = None
     status_for: dict[str, int] = field(default_factory=dict)
     status_times: int | None = None
     require_token: str | None = None
@@ -190,6 +204,7 @@ class _Entry:
     pointer_size: int | None
     data: bytes | None
     source: Path | None
+    unsafe: bool = False  # a hostile name, listed verbatim at the root (add_file unsafe_name)
 
     @property
     def etag(self) -> str:
@@ -224,7 +239,10 @@ class _Repo:
 def _build_trees(files: dict[str, _Entry]) -> dict[str, str]:
     """Git tree oids for every directory ("" = root), as git computes them."""
     children: dict[str, dict[str, tuple[bool, str]]] = {"": {}}
-    for path in files:
+    for path, entry in files.items():
+        if entry.unsafe:  # one root entry named by the whole hostile string
+            children[""][path] = (False, path)
+            continue
         parts = path.split("/")
         for i in range(1, len(parts)):
             parent, name = "/".join(parts[: i - 1]), parts[i - 1]
@@ -299,6 +317,17 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     return start, min(end, size - 1)
 
 
+def _key_matches(key: str, method: str, decoded_path: str) -> bool:
+    """A ``status_for`` / ``hold_for`` key: "SUBSTRING" or "METHOD SUBSTRING"."""
+    want_method, sub = "", key
+    first, sep, after = key.partition(" ")
+    if sep and first.upper() in ("GET", "HEAD", "POST"):
+        want_method, sub = first.upper(), after
+    if want_method and want_method != method:
+        return False
+    return sub in decoded_path
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -319,6 +348,11 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "HubDouble/1.0"
     timeout = 60  # idle keep-alive connections are closed after this
     server: _Server
+    _decoded_path = ""
+
+    def _record(self) -> RequestRecord:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        return RequestRecord(self.command, self.path, headers)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -435,7 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST":
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-        hub._record_request(method, self.path, {k.lower(): v for k, v in self.headers.items()})
+        hub._record_request(method, self.path, self._record().headers)
         faults = hub.faults
         split = urlsplit(self.path)
         segs = [unquote(s) for s in split.path.split("/")[1:]]
@@ -446,15 +480,19 @@ class _Handler(BaseHTTPRequestHandler):
         resolve = not api and len(segs) >= 5 and segs[2] == "resolve"
         repo_id = f"{segs[2]}/{segs[3]}" if api else f"{segs[0]}/{segs[1]}" if resolve else None
 
-        # Forced statuses, then authentication.
+        self._decoded_path = decoded_path
+
+        # Held requests, forced statuses, then authentication.
+        hold = faults.hold_for
+        if (
+            hold is not None
+            and faults.hold_after is None
+            and _key_matches(hold, method, decoded_path)
+            and hub._take(faults, "hold_times")
+        ):
+            hub._hold(self._record())
         for key, status in list(faults.status_for.items()):
-            want_method, sub = "", key
-            first, sep, after = key.partition(" ")
-            if sep and first.upper() in ("GET", "HEAD", "POST"):
-                want_method, sub = first.upper(), after
-            if want_method and want_method != method:
-                continue
-            if sub in decoded_path and hub._take(faults, "status_times"):
+            if _key_matches(key, method, decoded_path) and hub._take(faults, "status_times"):
                 self._forced_status(status, repo_id, api=api, resolve=resolve)
                 return
         auth = self.headers.get("Authorization") or ""
@@ -594,7 +632,11 @@ class _Handler(BaseHTTPRequestHandler):
         def walk(d: str) -> None:
             prefix = d + "/" if d else ""
             names: dict[str, bool] = {}
-            for p in snap.files:
+            for p, e in snap.files.items():
+                if e.unsafe:
+                    if not d:
+                        names[p] = False  # listed verbatim, once, at the root
+                    continue
                 if p.startswith(prefix):
                     head, sep, _ = p[len(prefix) :].partition("/")
                     names[head] = bool(sep) or names.get(head, False)
@@ -626,8 +668,11 @@ class _Handler(BaseHTTPRequestHandler):
             expand = form.get("expand", ["false"])[-1].lower() in ("1", "true")
         out: list[dict[str, Any]] = []
         for p in paths:
+            if p in snap.files and snap.files[p].unsafe:
+                out.append(self._entry_json(snap, snap.files[p], expand))
+                continue
             p = p.strip("/")
-            if p in snap.files:
+            if p in snap.files and not snap.files[p].unsafe:
                 out.append(self._entry_json(snap, snap.files[p], expand))
             elif p and p in snap.dir_oids:
                 out.append(self._dir_json(snap, p, expand))
@@ -713,6 +758,16 @@ class _Handler(BaseHTTPRequestHandler):
         fb = faults.flip_byte_at
         if fb is not None and start <= fb < start + limit and hub._take(faults, "flip_times"):
             flip = fb - start
+        hold_at: int | None = None
+        hold, hold_after = faults.hold_for, faults.hold_after
+        if (
+            hold is not None
+            and hold_after is not None
+            and hold_after < limit
+            and _key_matches(hold, method, self._decoded_path)
+            and hub._take(faults, "hold_times")
+        ):
+            hold_at = max(hold_after, 0)
         stall_at: int | None = None
         stall = faults.stall_after
         if stall is not None and stall < limit and hub._take(faults, "stall_times"):
@@ -729,6 +784,11 @@ class _Handler(BaseHTTPRequestHandler):
                 while sent < limit:
                     if stop.is_set():
                         raise _StopTransfer
+                    if hold_at is not None and sent == hold_at:
+                        self.wfile.flush()
+                        hub._hold(self._record())
+                        hold_at = None
+                        pace_t0, pace_base = time.monotonic(), sent
                     if stall_at is not None and sent == stall_at:
                         stop.wait(faults.stall_seconds)
                         if stop.is_set():
@@ -738,6 +798,8 @@ class _Handler(BaseHTTPRequestHandler):
                     n = min(step, limit - sent)
                     if stall_at is not None:
                         n = min(n, stall_at - sent)
+                    if hold_at is not None:
+                        n = min(n, hold_at - sent)
                     buf = src.read(n)
                     if not buf:
                         close_after = True  # file shorter than announced (changed on disk)
@@ -791,6 +853,9 @@ class HubDouble:
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._held = threading.Event()  # set when a request is held; cleared by release()
+        self._release = threading.Event()  # the current holds wait on this one
+        self._held_requests: list[RequestRecord] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.faults = Faults()
@@ -801,6 +866,9 @@ class HubDouble:
         if self._server is not None:
             return self
         self._stopping.clear()
+        with self._lock:
+            self._release = threading.Event()
+            self._held.clear()
         server = _Server(("127.0.0.1", self._port), _Handler)
         server.hub = self
         self._server = server
@@ -820,6 +888,8 @@ class HubDouble:
         if server is None:
             return
         self._stopping.set()  # wakes stalls and throttles
+        with self._lock:
+            self._release.set()  # and held requests
         server.shutdown()
         with self._lock:
             conns = list(self._conns)
@@ -882,16 +952,25 @@ class HubDouble:
         source: Path | str | None = None,
         *,
         lfs: bool | None = None,
+        unsafe_name: bool = False,
     ) -> str:
         """Add or replace a file; returns the repo's new commit. Exactly one of ``data`` /
         ``source`` (a file served from disk, never read into memory; its sha256 is computed
         once and cached). ``lfs`` defaults to the Hub's .gitattributes rule (``*.gguf`` etc. or
-        >= 10 MiB): LFS files have ETag = sha256, plain ones the git blob sha1."""
+        >= 10 MiB): LFS files have ETag = sha256, plain ones the git blob sha1.
+
+        ``path`` must be a clean relative path (no ``.``/``..``/empty segment) unless
+        ``unsafe_name=True``: then it is kept verbatim (leading ``/``, ``..``, backslashes) and
+        listed as one entry at the root, for tests of clients that must reject such names."""
         if (data is None) == (source is None):
             raise ValueError("pass exactly one of data= or source=")
-        path = path.strip("/")
-        if not path or any(p in ("", ".", "..") for p in path.split("/")):
-            raise ValueError(f"bad path in repo: {path!r}")
+        if unsafe_name:
+            if not path or "\0" in path:
+                raise ValueError(f"bad path in repo: {path!r}")
+        else:
+            path = path.strip("/")
+            if not path or any(p in ("", ".", "..") for p in path.split("/")):
+                raise ValueError(f"bad path in repo: {path!r}")
         src = Path(source) if source is not None else None
         size = len(data) if data is not None else src.stat().st_size  # type: ignore[union-attr]
         is_lfs = default_is_lfs(path, size) if lfs is None else lfs
@@ -908,12 +987,14 @@ class HubDouble:
         else:
             assert content_oid is not None
             blob_oid, pointer_size = content_oid, None
-        entry = _Entry(path, size, sha256, is_lfs, blob_oid, pointer_size, data, src)
+        entry = _Entry(path, size, sha256, is_lfs, blob_oid, pointer_size, data, src, unsafe_name)
         with self._lock:
             if repo_id not in self._repos:
                 self.add_repo(repo_id)
             repo = self._repos[repo_id]
-            for existing in repo.files:
+            for existing, other in repo.files.items():
+                if unsafe_name or other.unsafe:
+                    continue
                 if existing.startswith(path + "/") or path.startswith(existing + "/"):
                     raise ValueError(f"{path!r} conflicts with {existing!r} in {repo_id}")
             repo.files[path] = entry
@@ -922,8 +1003,10 @@ class HubDouble:
     def remove_file(self, repo_id: str, path: str) -> str:
         with self._lock:
             repo = self._repos[repo_id]
-            del repo.files[path.strip("/")]
-            return self._commit(repo, changed=(path.strip("/"),))
+            if path not in repo.files or not repo.files[path].unsafe:
+                path = path.strip("/")
+            del repo.files[path]
+            return self._commit(repo, changed=(path,))
 
     def commit(self, repo_id: str) -> str:
         """Current commit of ``main``."""
@@ -973,7 +1056,41 @@ class HubDouble:
     # -- faults ------------------------------------------------------------------------------
 
     def reset_faults(self) -> None:
+        """Clear every fault; requests held now are released."""
         self.faults = Faults()
+        self.release()
+
+    def wait_held(self, timeout: float) -> RequestRecord | None:
+        """Wait until a request is held by ``hold_for`` (since the last ``release()``); return
+        it, or None after ``timeout`` seconds."""
+        if not self._held.wait(timeout):
+            return None
+        with self._lock:
+            return self._held_requests[-1]
+
+    @property
+    def held_requests(self) -> list[RequestRecord]:
+        """Every request held so far (released or not), oldest first."""
+        with self._lock:
+            return list(self._held_requests)
+
+    def release(self) -> None:
+        """Let every request held now go on. Later matching requests are held again, as long
+        as ``hold_for`` is set and ``hold_times`` allows; ``wait_held`` waits for the next."""
+        with self._lock:
+            release, self._release = self._release, threading.Event()
+            self._held.clear()
+        release.set()
+
+    def _hold(self, record: RequestRecord) -> None:
+        """Block the calling handler thread until release() or stop()."""
+        with self._lock:
+            release = self._release
+            self._held_requests.append(record)
+            self._held.set()
+        release.wait()
+        if self._stopping.is_set():
+            raise _StopTransfer
 
     def set_faults(self, **changes: Any) -> None:
         for k, v in changes.items():

@@ -242,7 +242,12 @@ def test_drop_after_truncates(hub: HubDouble) -> None:
     assert hub.faults.drop_times == 0
     got, err = _read_until_error(url)  # drop_times exhausted: normal again
     assert err is None and got == MODEL
-    assert [r.body_bytes for r in hub.responses if r.method == "GET"] == [70_000, len(MODEL)]
+    # the double records a response after its last write, which the client may read first
+    deadline = time.monotonic() + 5
+    while len(gets := [r for r in hub.responses if r.method == "GET"]) < 2:
+        assert time.monotonic() < deadline, gets
+        time.sleep(0.01)
+    assert [r.body_bytes for r in gets] == [70_000, len(MODEL)]
 
 
 def test_short_body_every_time(hub: HubDouble) -> None:
@@ -329,6 +334,99 @@ def test_throttle_and_stop_mid_transfer(hub: HubDouble) -> None:
     got, err = result[0]
     assert err is not None and 0 < len(got) < len(MODEL)
     assert got == MODEL[: len(got)]
+
+
+def test_hold_request_until_released(hub: HubDouble) -> None:
+    hub.faults = Faults(hold_for="GET /api/models/", hold_times=1)
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(_api(hub.url).model_info(REPO)),
+                         daemon=True)
+    t.start()
+    held = hub.wait_held(10)
+    assert held is not None and held.method == "GET"
+    assert held.path.startswith(f"/api/models/{REPO}")
+    assert hub.held_requests == [held] and hub.faults.hold_times == 0
+    assert _meta(hub.url, "model.gguf").etag == MODEL_SHA  # other requests are not held
+    assert t.is_alive() and result == []  # ... while the held one is still unanswered
+    hub.release()
+    t.join(timeout=10)
+    assert not t.is_alive() and result[0].sha == hub.commit(REPO)  # type: ignore[attr-defined]
+    assert hub.wait_held(0.05) is None  # hold_times exhausted: nothing held since release
+    _api(hub.url).model_info(REPO)
+    assert len(hub.held_requests) == 1
+
+
+def test_hold_is_released_by_stop(hub: HubDouble) -> None:
+    hub.hold_for = "/resolve/"
+    errors: list[Exception | None] = []
+    t = threading.Thread(
+        target=lambda: errors.append(_read_until_error(hub.file_url(REPO, "model.gguf"))[1]),
+        daemon=True,
+    )
+    t.start()
+    assert hub.wait_held(10) is not None
+    t0 = time.monotonic()
+    hub.stop()
+    assert time.monotonic() - t0 < 2.0
+    t.join(timeout=5)
+    assert not t.is_alive() and errors[0] is not None  # closed without an answer
+
+
+def test_hold_after_body_bytes(hub: HubDouble) -> None:
+    hub.faults = Faults(hold_for="model.gguf", hold_after=1000, hold_times=1)
+    got = bytearray()
+    headers_seen = threading.Event()
+    status: list[int] = []
+
+    def read() -> None:
+        with httpx2.stream("GET", hub.file_url(REPO, "model.gguf")) as r:
+            status.append(r.status_code)
+            headers_seen.set()
+            for chunk in r.iter_raw():
+                got.extend(chunk)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    held = hub.wait_held(10)
+    assert held is not None and held.path.endswith("/model.gguf")
+    assert headers_seen.wait(10) and status == [200]  # headers went out before the hold
+    deadline = time.monotonic() + 10
+    while len(got) < 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bytes(got) == MODEL[:1000]
+    assert t.is_alive()
+    hub.release()
+    t.join(timeout=10)
+    assert bytes(got) == MODEL
+    # HEAD and API calls never match a body hold; a second GET is not held (hold_times).
+    hub.hold_for, hub.hold_after, hub.hold_times = "model.gguf", 0, None
+    assert _meta(hub.url, "model.gguf").etag == MODEL_SHA
+    hub.hold_for = None
+    assert httpx2.get(hub.file_url(REPO, "model.gguf")).content == MODEL
+    assert len(hub.held_requests) == 1
+
+
+def test_unsafe_names_listed_verbatim(hub: HubDouble) -> None:
+    hostile = ["../../evil.gguf", "sub/..\\..\\x.gguf", "/tmp/abs.gguf"]
+    with pytest.raises(ValueError, match="bad path"):
+        hub.add_file(REPO, hostile[0], EXTRA)
+    before = hub.commit(REPO)
+    for name in hostile:
+        hub.add_file(REPO, name, EXTRA, unsafe_name=True)
+    assert hub.commit(REPO) != before
+    tree = {e.path for e in _api(hub.url).list_repo_tree(REPO, recursive=True)}
+    assert tree == {*FILES, "sub", *hostile}
+    top = {e.path for e in _api(hub.url).list_repo_tree(REPO)}
+    assert top == {"README.md", "model.gguf", "sub", *hostile}  # at the root, once
+    assert [e.path for e in _api(hub.url).list_repo_tree(REPO, "sub")] == ["sub/extra.gguf"]
+    siblings = {s.rfilename for s in _api(hub.url).model_info(REPO).siblings}
+    assert siblings == {*FILES, *hostile}
+    infos = _api(hub.url).get_paths_info(REPO, hostile)
+    assert [i.path for i in infos] == hostile
+    assert infos[0].lfs.sha256 == hashlib.sha256(EXTRA).hexdigest()
+    for name in hostile:
+        hub.remove_file(REPO, name)
+    assert hub.commit(REPO) == before
 
 
 # ---------------------------------------------------------------------------------------------
