@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import subprocess
+import time
 from pathlib import Path
 
 from conftest import GEMMA, GEMMA_SIZE, Cli
@@ -136,3 +139,80 @@ def test_linked_import_stays_in_place(cli: Cli, gemma_file: Path) -> None:
     listed = json.loads(cli("list", "--json").stdout)[0]
     assert Path(listed["path"]) == gemma_file.resolve() and listed["source"] == "link"
     assert cli("show", "linked", "--json").returncode == 0
+
+
+def _read_reply(proc: subprocess.Popen[bytes], timeout: float = 120) -> bytes:
+    """Read a piped chat's stdout until its reply's newline (the model is loaded by then)."""
+    assert proc.stdout is not None
+    got = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in got:
+        left = deadline - time.monotonic()
+        assert left > 0 and proc.poll() is None, got
+        if select.select([proc.stdout], [], [], left)[0]:
+            got += os.read(proc.stdout.fileno(), 4096)
+    return got
+
+
+def test_rm_refuses_a_model_a_running_chat_has_loaded(private_gemma_cli: Cli) -> None:
+    """T18: `rm` leaves a loaded model alone and names the process; once it exits, rm works."""
+    cli = private_gemma_cli
+    blob = Path(json.loads(cli("list", "--json").stdout)[0]["path"]).resolve()
+    chat = cli.popen("chat", GEMMA, "--temperature", "0", "-n", "4", stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert chat.stdin is not None
+    try:
+        chat.stdin.write(b"Hello\n")
+        chat.stdin.flush()
+        _read_reply(chat)
+        refused = cli("rm", "-y", GEMMA)
+        assert refused.returncode == 1
+        assert f"is loaded by a running llmrun process (pid {chat.pid})" in refused.stderr
+        assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+        assert blob.is_file() and len(json.loads(cli("list", "--json").stdout)) == 1
+    finally:
+        chat.stdin.close()
+        assert chat.wait(timeout=60) == 0
+    done = cli("rm", "-y", GEMMA)  # the lock went with the process
+    assert done.returncode == 0, done.stderr
+    assert not blob.exists() and json.loads(cli("list", "--json").stdout) == []
+
+
+def test_rm_force_removes_a_loaded_model_and_the_chat_carries_on(private_gemma_cli: Cli) -> None:
+    cli = private_gemma_cli
+    blob = Path(json.loads(cli("list", "--json").stdout)[0]["path"]).resolve()
+    chat = cli.popen("chat", GEMMA, "--temperature", "0", "-n", "4", stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert chat.stdin is not None
+    chat.stdin.write(b"Hello\n")
+    chat.stdin.flush()
+    _read_reply(chat)
+    forced = cli("rm", "-y", "--force", GEMMA)
+    assert forced.returncode == 0, forced.stderr
+    assert not blob.exists()
+    chat.stdin.write(b"And again?\n")  # its mapping of the deleted file still works
+    chat.stdin.flush()
+    chat.stdin.close()
+    assert chat.wait(timeout=60) == 0
+    assert chat.stdout is not None and chat.stdout.read().strip()
+
+
+def test_prune_keeps_an_orphaned_blob_that_is_in_use(private_gemma_cli: Cli,
+                                                     gemma_file: Path) -> None:
+    """A blob nothing refers to any more, but which a process still has loaded (this test
+    process holds the same lock a loaded model holds), is kept until it is let go."""
+    from llmrun.inuse import Hold
+
+    cli = private_gemma_cli
+    orphan = cli.root / "home" / "blobs" / f"sha256-{'0' * 64}.gguf"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    os.link(gemma_file, orphan)
+    hold = Hold([orphan])
+    kept = cli("prune")
+    assert kept.returncode == 0, kept.stderr
+    assert f"keeping {orphan}: loaded by a running llmrun process (pid {os.getpid()})" \
+        in kept.stderr
+    assert orphan.exists()
+    hold.release()
+    pruned = cli("prune")
+    assert f"removing {orphan}" in pruned.stderr and not orphan.exists()

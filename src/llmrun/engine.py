@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gguf_file, templates
+from . import gguf_file, inuse, templates
 from .errors import ContextOverflow, ModelError, UsageError
 
 DEFAULT_CTX = 4096
@@ -109,8 +109,11 @@ class Model:
         hint = (f"run `llmrun pull --force {name}`" if name and name != path.name
                 else "the file is damaged or not a GGUF model")
         self.info = gguf_file.read_info(path, hint=hint)  # validated before native code sees it
+        parts = [path]
         if self.info.split_count and self.info.split_count > 1:
-            gguf_file.check_split_set(path)
+            parts = gguf_file.check_split_set(path)
+        # tells `llmrun rm` the files are in use; dropped by close() or when the process ends
+        self._hold = inuse.Hold(parts)
         trained = self.info.context_length or DEFAULT_CTX
         self.n_ctx = min(opts.n_ctx or DEFAULT_CTX, trained)
         self.ctx_capped = opts.n_ctx is not None and opts.n_ctx > trained
@@ -132,6 +135,7 @@ class Model:
                 flash_attn=opts.flash_attn if opts.flash_attn is not None else True,
                 use_mmap=opts.use_mmap, verbose=debug)
         except (ValueError, RuntimeError, OSError) as exc:
+            self._hold.release()
             raise ModelError(
                 f"could not load {self.name}: {exc}",
                 hint="try a smaller --ctx or a smaller quant; LLMRUN_DEBUG=1 shows llama.cpp's log",
@@ -139,6 +143,13 @@ class Model:
         self.load_s = time.perf_counter() - start
         self.chat_format = chat_format
         self._template: tuple[str, str] | None = None
+
+    def close(self) -> None:
+        """Free llama.cpp's memory now and let `llmrun rm` have the files."""
+        llama = self.__dict__.pop("llama", None)
+        if llama is not None:
+            llama.close()
+        self._hold.release()
 
     # ---- chat formatting -------------------------------------------------------------
     @property

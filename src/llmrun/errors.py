@@ -64,5 +64,9 @@ class TemplateError(ModelError):
     pass
 
 
+class InUse(LlmrunError):
+    """A model another running llmrun process has loaded (rm and prune leave it alone)."""
+
+
 class RegistryError(LlmrunError):
     exit_code = ExitCode.ERROR

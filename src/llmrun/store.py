@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from .download import PART_SUFFIX
-from .errors import CorruptModel, ModelNotPulled
+from .errors import CorruptModel, InUse, ModelNotPulled
 
 if TYPE_CHECKING:
     from .refs import Ref
@@ -186,10 +186,25 @@ class Store:
                                    hint=f"run `llmrun pull --force {manifest.name}`")
         return path
 
-    def remove(self, name: str) -> int:
+    def remove(self, name: str, *, force: bool = False) -> int:
         """Forget a model; delete its files unless another pulled model shares them.
-        Returns bytes freed."""
+        Refuses (InUse) while a running llmrun process has the model loaded, unless ``force``:
+        then that process keeps its open copy until it unloads it. Returns bytes freed."""
+        from . import inuse
+
         manifest = self.require(name)
+        with inuse.exclusive([] if force else _files(manifest)) as busy:
+            _refuse_busy(manifest, busy)
+            return self._remove(name, manifest)
+
+    def ensure_unused(self, manifest: Manifest) -> None:
+        """Raise InUse while a running llmrun process has the model loaded."""
+        from . import inuse
+
+        with inuse.exclusive(_files(manifest)) as busy:
+            _refuse_busy(manifest, busy)
+
+    def _remove(self, name: str, manifest: Manifest) -> int:
         self._manifest_path(name).unlink()
         still_used = {Path(f.local).resolve() for m in self.all() for f in m.files}
         freed = 0
@@ -207,6 +222,21 @@ class Store:
         if manifest.repo and not any(m.repo == manifest.repo for m in self.all()):
             _remove_repo_if_unused(manifest.repo)
         return freed
+
+
+def _files(manifest: Manifest) -> list[Path]:
+    return [Path(f.local).resolve() for f in manifest.files]
+
+
+def _refuse_busy(manifest: Manifest, busy: list[Path]) -> None:
+    from . import inuse
+
+    if busy:
+        pids = sorted({pid for path in busy for pid in inuse.holders(path)})
+        by = f" (pid {', '.join(map(str, pids))})" if pids else ""
+        raise InUse(f"{manifest.name} is loaded by a running llmrun process{by}",
+                    hint="stop that chat, run or serve first, or pass --force "
+                         "(it keeps working until it unloads the model)")
 
 
 def _linked_elsewhere(blob: Path) -> bool:

@@ -15,6 +15,8 @@ def rm_cmd(
     names: Annotated[list[str], typer.Argument(help="pulled or imported model names")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go")] = False,
+    force: Annotated[bool, typer.Option("--force", help="remove even while a running llmrun "
+                                        "has the model loaded")] = False,
 ) -> None:
     """Remove pulled models and free their disk space (files shared with others stay)."""
     manifests = []
@@ -27,6 +29,8 @@ def rm_cmd(
             from ..errors import ModelNotPulled
 
             raise ModelNotPulled(f"model {name!r} is not pulled", hint="see `llmrun list`")
+        if not force:
+            common.store().ensure_unused(manifest)  # before anything is asked or deleted
         manifests.append(manifest)
     total = sum(m.size for m in manifests)
     if not yes and not dry_run:
@@ -41,5 +45,5 @@ def rm_cmd(
                     f"({output.human_size(m.size)})")
     if dry_run:
         return
-    freed = sum(common.store().remove(m.name) for m in manifests)
+    freed = sum(common.store().remove(m.name, force=force) for m in manifests)
     output.info(f"freed {output.human_size(freed)}")
