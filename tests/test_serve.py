@@ -310,6 +310,39 @@ def test_broken_model_fails_alone(server: Server, client: openai.OpenAI) -> None
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
+def _model_processes(server: Server) -> list[Any]:
+    import psutil
+
+    return [c for c in psutil.Process(server.proc.pid).children(recursive=True)
+            if "llmrun.server.child" in " ".join(c.cmdline())]
+
+
+def test_a_dead_model_process_takes_only_its_requests_down(server: Server,
+                                                          client: openai.OpenAI) -> None:
+    """T17: a model runs in a child process, so when it dies (here SIGKILL, as the kernel's OOM
+    killer would) the server stays up, fails that model's running request with a clear error,
+    and loads the model afresh for the next one."""
+    assert _chat(client, "hi")
+    [child] = _model_processes(server)
+    mark = len(server.lines)
+    stream = client.completions.create(model=GEMMA, prompt="Count: 1, 2, 3, 4, 5,",
+                                       max_tokens=400, temperature=0, stream=True)
+    got = []
+    with pytest.raises(openai.APIError) as exc:
+        for chunk in stream:
+            got.append(chunk.choices[0].text if chunk.choices else "")
+            if len(got) == 3:
+                child.kill()
+    assert len(got) >= 3
+    assert "died (killed by SIGKILL" in str(exc.value.message)
+    server.wait_for(r"the process running gemma3:270m-base died \(killed by SIGKILL", after=mark)
+    assert server.proc.poll() is None
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert _chat(client, "hi")  # loaded again, in a new process
+    [again] = _model_processes(server)
+    assert again.pid != child.pid
+
+
 # ---- concurrency and disconnects ----------------------------------------------------------
 def test_fifty_concurrent_clients(server: Server, client: openai.OpenAI) -> None:
     """Every request either gets exactly its serial greedy output or a clean 503."""

@@ -126,6 +126,10 @@ class Pool:
         log.warning("could not load %s: %s", slot.spec.name, error)
         self._forget(slot)
 
+    def _crashed(self, slot: Slot, error: BaseException) -> None:
+        log.error("%s", getattr(error, "message", error))
+        self._forget(slot)  # jobs already queued fail fast; new ones load the model afresh
+
     def _started(self, slot: Slot, job: Job) -> None:
         slot.running = True
         if job.state == "queued":

@@ -74,10 +74,16 @@ Loader = Callable[[ModelSpec], Engine]
 Prepare = Callable[[Engine], tuple[list[int], Sampling]]  # runs on the worker thread
 
 
-def engine_loader(opts: LoadOptions, *, debug: bool = False) -> Loader:
-    """Load models with llmrun's engine (in the worker thread that will own them)."""
+def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = True) -> Loader:
+    """Load models with llmrun's engine (called in the worker thread that will own them): in a
+    child process each (child.py), or with ``isolate=False`` in this process."""
 
     def load(spec: ModelSpec) -> Engine:
+        if isolate:
+            from .child import ChildEngine
+
+            return ChildEngine(spec.path, opts, chat_format=spec.chat_format, debug=debug,
+                               name=spec.name)
         from ..engine import Model
 
         return Model(spec.path, opts, chat_format=spec.chat_format, debug=debug, name=spec.name)
@@ -157,6 +163,7 @@ class Slot:
                 self._call(self.pool._finished, self, job)
             return
         self._call(self.pool._loaded, self, time.perf_counter() - start)
+        crashed = False
         while (job := self.jobs.get()) is not None:
             if job.cancelled.is_set():
                 job.post(Done(Result(), cancelled=True))
@@ -166,6 +173,9 @@ class Slot:
                     self._execute(engine, job)
                 except Exception as exc:
                     job.post(Failed(exc))
+                    if getattr(engine, "dead", False) and not crashed:
+                        crashed = True  # the model's process is gone: a new request reloads
+                        self._call(self.pool._crashed, self, exc)
             self._call(self.pool._finished, self, job)
         with _NATIVE:
             close = getattr(engine, "close", None)

@@ -1,0 +1,204 @@
+"""Each model `serve` loads runs in a child process of its own (T17): if llama.cpp crashes,
+runs out of memory or is killed by the kernel's OOM killer, the server loses that model's
+running requests, logs why, and loads the model afresh for the next request, instead of dying.
+
+``ChildEngine`` (server side) has the engine's interface (worker.Engine) and forwards each call
+to ``python -m llmrun.server.child FD``, which loads the model with engine.Model and answers one
+JSON line per request on pipe FD (its stdout goes to the server's stderr, so nothing native can
+corrupt the replies). Generation runs in lockstep, one piece per request: the server's worker
+decides between tokens whether to go on, exactly as with a model in the same process, and the
+child never runs ahead of a cancelled request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .. import errors
+from ..engine import LoadOptions, Result, Sampling
+from ..errors import LlmrunError, ModelError
+
+
+class ChildEngine:
+    def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None, debug: bool,
+                 name: str) -> None:
+        self.name, self.dead = name, False
+        read, write = os.pipe()
+        try:
+            out: int | IO[Any] = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            out = subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmrun.server.child", str(write)], stdin=subprocess.PIPE,
+            stdout=out, pass_fds=(write,))
+        os.close(write)
+        self._replies = os.fdopen(read, "rb")
+        self._stops: list[str] | None = None
+        try:
+            self.n_ctx = int(self._call("load", path=str(path), opts=dataclasses.asdict(opts),
+                                        chat_format=chat_format, debug=debug, name=name))
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- the engine interface --------------------------------------------------------
+    def format_chat(self, messages: list[dict[str, str]]) -> str:
+        return str(self._call("format_chat", messages=messages))
+
+    def tokenize(self, text: str, *, templated: bool) -> list[int]:
+        return [int(t) for t in self._call("tokenize", text=text, templated=templated)]
+
+    def chat_stops(self) -> list[str]:
+        if self._stops is None:
+            self._stops = [str(s) for s in self._call("chat_stops")]
+        return list(self._stops)
+
+    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
+        self._call("check_fits", n_prompt=n_prompt, max_tokens=max_tokens)
+
+    def generate(self, tokens: list[int], sampling: Sampling,
+                 result: Result | None = None) -> Iterator[str]:
+        res = result if result is not None else Result()
+        self._call("generate", tokens=tokens, sampling=dataclasses.asdict(sampling))
+        done = False
+        try:
+            while True:
+                reply = self._request({"op": "next"})
+                if "piece" in reply:
+                    yield str(reply["piece"])
+                    continue
+                _fill(res, reply["done"])
+                done = True
+                return
+        finally:
+            if not done and not self.dead:  # stopped early: end it in the child too
+                with contextlib.suppress(LlmrunError):
+                    _fill(res, self._request({"op": "close"})["done"])
+
+    def close(self) -> None:
+        """End the child (it exits when its input closes) and free everything it held."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._replies.close()
+
+    # ---- the pipe --------------------------------------------------------------------
+    def _call(self, op: str, **args: Any) -> Any:
+        return self._request({"op": op, **args}).get("value")
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.dead:
+            raise self._died()
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+            line = self._replies.readline()
+        except (OSError, ValueError):
+            line = b""
+        if not line:
+            self.dead = True
+            raise self._died()
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise _rebuild(reply["error"])
+        return reply
+
+    def _died(self) -> ModelError:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        how = f"exit code {code}"
+        if code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+            if -code == signal.SIGKILL:
+                how += ", perhaps for lack of memory"
+        return ModelError(f"the process running {self.name} died ({how})",
+                          hint="the server is still up and loads the model again for the next "
+                               "request; LLMRUN_DEBUG=1 shows llama.cpp's log")
+
+
+def _fill(result: Result, fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        setattr(result, key, value)
+
+
+def _rebuild(error: dict[str, Any]) -> LlmrunError:
+    cls = getattr(errors, str(error.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, LlmrunError)):
+        cls = ModelError
+    return cls(str(error.get("message")), error.get("hint"))
+
+
+# ---- the child -----------------------------------------------------------------------
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    with contextlib.suppress(OSError):  # if memory runs out, the OOM killer takes this one
+        Path("/proc/self/oom_score_adj").write_text("500")
+    replies = os.fdopen(int(sys.argv[1]), "w", encoding="utf-8")
+    state: dict[str, Any] = {}
+    for line in sys.stdin:  # one request at a time; the server closes stdin to end us
+        try:
+            reply = _handle(state, json.loads(line))
+        except LlmrunError as exc:
+            reply = {"error": {"type": type(exc).__name__, "message": exc.message,
+                               "hint": exc.hint}}
+        except Exception as exc:  # reported to the server, which stays up
+            reply = {"error": {"type": "ModelError", "message": f"{type(exc).__name__}: {exc}"}}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    op = req["op"]
+    if op == "load":
+        from ..engine import Model
+
+        state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
+                               chat_format=req["chat_format"], debug=req["debug"],
+                               name=req["name"])
+        return {"value": state["model"].n_ctx}
+    model = state["model"]
+    if op == "format_chat":
+        return {"value": model.format_chat(req["messages"])}
+    if op == "tokenize":
+        return {"value": model.tokenize(req["text"], templated=req["templated"])}
+    if op == "chat_stops":
+        return {"value": model.chat_stops()}
+    if op == "check_fits":
+        model.check_fits(req["n_prompt"], req["max_tokens"])
+        return {"value": None}
+    if op == "generate":
+        state["result"] = Result()
+        state["pieces"] = model.generate(req["tokens"], Sampling(**req["sampling"]),
+                                         state["result"])
+        return {"value": None}
+    if op == "next":
+        piece = next(state["pieces"], None)
+        if piece is not None:
+            return {"piece": piece}
+        return {"done": dataclasses.asdict(state["result"])}
+    if op == "close":
+        state["pieces"].close()
+        return {"done": dataclasses.asdict(state["result"])}
+    raise ValueError(f"unknown request {op!r}")
+
+
+if __name__ == "__main__":
+    main()
