@@ -40,12 +40,12 @@ _SIZES = {VT.UINT8: 1, VT.INT8: 1, VT.UINT16: 2, VT.INT16: 2, VT.UINT32: 4, VT.I
 
 def write_gguf(path: Path, *, arch: str = "llama", kv: Callable[[gguf.GGUFWriter], None]
                | None = None, tensors: bool = True, file_type: bool = True,
-               n_tokens: int = 0) -> Path:  # fmt: skip
+               n_tokens: int = 0, block_count: int = 2) -> Path:  # fmt: skip
     w = gguf.GGUFWriter(path, arch)
     w.add_name("Tiny Test")
     w.add_license("apache-2.0")
     w.add_context_length(4096)
-    w.add_block_count(2)
+    w.add_block_count(block_count)
     w.add_embedding_length(64)
     if file_type:
         w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
@@ -241,6 +241,68 @@ def test_custom_hint_and_metadata_cap(valid: tuple[Path, bytes, Layout],
     monkeypatch.setattr(gguf_file, "MAX_HEADER_BYTES", 256 << 20)
     monkeypatch.setattr(gguf_file, "MAX_WALKED", 3)
     corrupt(path, "in total")
+
+
+# -- attention shape, for the memory estimate (T17) ---------------------------------------------
+
+
+def _attention(heads: object = None, heads_kv: object = None, key: int | None = None,
+               value: int | None = None) -> Callable[[gguf.GGUFWriter], None]:
+    def kv(w: gguf.GGUFWriter) -> None:
+        if heads is not None:
+            w.add_head_count(heads)  # type: ignore[arg-type]
+        if heads_kv is not None:
+            w.add_head_count_kv(heads_kv)  # type: ignore[arg-type]
+        if key is not None:
+            w.add_key_length(key)
+        if value is not None:
+            w.add_value_length(value)
+
+    return kv
+
+
+def test_attention_shape(tmp_path: Path) -> None:
+    info = read_info(write_gguf(tmp_path / "a.gguf", kv=_attention(8, 2, 16, 12)))
+    assert (info.head_count, info.head_count_kv) == ([8, 8], [2, 2])
+    assert (info.key_length, info.value_length) == (16, 12)
+    # llama.cpp's defaults: n_head_kv = n_head, head size = n_embd / n_head
+    info = read_info(write_gguf(tmp_path / "b.gguf", kv=_attention(8)))
+    assert (info.head_count_kv, info.key_length, info.value_length) == ([8, 8], 8, 8)
+    info = read_info(write_gguf(tmp_path / "c.gguf"))
+    assert (info.head_count, info.head_count_kv, info.key_length) == (None, None, None)
+
+
+def test_per_layer_head_counts_are_kept(tmp_path: Path) -> None:
+    info = read_info(write_gguf(tmp_path / "a.gguf", kv=_attention(8, [1, 4])))
+    assert (info.head_count, info.head_count_kv) == ([8, 8], [1, 4])
+    # longer than SMALL_ARRAY, up to one per layer (LLAMA_MAX_LAYERS)
+    layers = [i % 5 for i in range(300)]
+    info = read_info(write_gguf(tmp_path / "b.gguf", block_count=300, kv=_attention(layers)))
+    assert info.head_count == layers and info.block_count == 300
+    assert info.array_lengths["llama.attention.head_count"] == 300
+
+
+@pytest.mark.parametrize(("kv", "match"), [
+    (_attention(8, [1, 2, 3]), "head_count_kv has 3 elements, block_count is 2"),
+    (_attention(8, [1.0, 2.0]), "expected integers 0..65536"),
+    (_attention(8, ["a", "b"]), "expected integers 0..65536"),
+    (_attention([8, 1 << 20]), "expected integers 0..65536"),
+    (_attention(list(range(600))), "array of 600 elements, not one integer per layer"),
+    (_attention(1 << 31), "head_count is 2147483648 (expected 0..65536)"),
+    (_attention(8, key=0), "key_length is 0 (expected 1..65536)"),
+    (_attention(8, value=1 << 20), "value_length is 1048576 (expected 1..65536)"),
+    (lambda w: w.add_string("llama.attention.head_count_kv", "two"), "head_count_kv is 'two'"),
+])  # fmt: skip
+def test_implausible_attention_shape_is_corrupt(tmp_path: Path, kv: Callable[
+        [gguf.GGUFWriter], None], match: str) -> None:  # fmt: skip
+    corrupt(write_gguf(tmp_path / "m.gguf", kv=kv), match)
+
+
+def test_implausible_embedding_length_is_corrupt(valid: tuple[Path, bytes, Layout],
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    _, data, lay = valid
+    corrupt(patched(tmp_path, data, (lay.kv["llama.embedding_length"][2], U32(1 << 30))),
+            "llama.embedding_length is 1073741824 (expected 1..1048576)")
 
 
 # -- truncation (T14, S6) ----------------------------------------------------------------------

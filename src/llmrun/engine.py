@@ -86,6 +86,20 @@ def _route_llama_logs(debug: bool) -> None:
     llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
 
 
+def _fixed_mmap_threshold() -> None:
+    """Keep glibc from moving llama-cpp-python's per-token, vocabulary-sized arrays (~1 MiB
+    each for a 262k vocabulary) into the heap, where freeing them fragments it: a long chat or
+    a busy server grew by ~200 MiB over its first ~80 requests before levelling off. A fixed
+    threshold keeps them mmapped (one mmap/munmap per token, microseconds)."""
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: glibc's default, but fixed
+    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+        pass
+
+
 def gpu_offload_supported() -> bool:
     import llama_cpp
 
@@ -118,6 +132,7 @@ class Model:
         self.n_ctx = min(opts.n_ctx or DEFAULT_CTX, trained)
         self.ctx_capped = opts.n_ctx is not None and opts.n_ctx > trained
         _route_llama_logs(debug)
+        _fixed_mmap_threshold()
         import llama_cpp
 
         offload = self.offload_supported = gpu_offload_supported()
@@ -125,7 +140,20 @@ class Model:
             -1 if offload else 0)
         self.gpu_layers = gpu_layers if offload else 0
         self.threads = opts.n_threads or physical_cores()
+        self.memory_warning: str | None = None  # T17: for the CLI to print, like ctx_capped
+        if not self.gpu_layers:  # (offloaded weights and KV cache live in VRAM instead)
+            from . import memory
+
+            try:  # refuses, before llama.cpp allocates, what cannot fit under RLIMIT_AS
+                self.memory_warning = memory.preflight(
+                    self.info, self.n_ctx, parts, n_batch=opts.n_batch, name=self.name)
+            except ModelError:
+                self._hold.release()
+                raise
+        if not debug:  # a native abort must not run gdb, whose backtrace goes to stdout
+            os.environ.setdefault("GGML_NO_BACKTRACE", "1")
         start = time.perf_counter()
+        failure: str | None = None
         try:
             self.llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
@@ -134,12 +162,17 @@ class Model:
                 # llama-cpp-python offers only on/off, so on it is, like llama-cli
                 flash_attn=opts.flash_attn if opts.flash_attn is not None else True,
                 use_mmap=opts.use_mmap, verbose=debug)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            failure = "out of memory" if isinstance(exc, MemoryError) else str(exc)
+        if failure is not None:  # out of the except block: the half-built Llama is gone
+            import gc
+
+            gc.collect()  # and its memory is free again for reporting the error
             self._hold.release()
             raise ModelError(
-                f"could not load {self.name}: {exc}",
+                f"could not load {self.name}: {failure}",
                 hint="try a smaller --ctx or a smaller quant; LLMRUN_DEBUG=1 shows llama.cpp's log",
-            ) from None
+            )
         self.load_s = time.perf_counter() - start
         self.chat_format = chat_format
         self._template: tuple[str, str] | None = None

@@ -38,7 +38,12 @@ MAX_KEY = 1024  # real keys are < 100 bytes; also keeps error messages short
 MAX_TENSOR_NAME = 63  # GGML_MAX_NAME - 1
 MAX_KEPT_STRING = 4 << 20  # longer string values are validated but not kept
 MAX_BLOCK_COUNT = 512  # LLAMA_MAX_LAYERS (G#26051)
+MAX_HEADS = 1 << 16  # attention heads per layer (real models: <= 128)
+MAX_HEAD_DIM = 1 << 16  # attention key/value length per head (real models: <= 1024)
+MAX_EMBEDDING = 1 << 20  # embedding length (real models: <= 32768)
 SMALL_ARRAY = 64  # arrays up to this many scalars are kept in ``metadata``
+# per-layer arrays (llama.cpp's get_key_or_arr) are kept up to MAX_BLOCK_COUNT elements
+PER_LAYER_SUFFIXES = (".attention.head_count", ".attention.head_count_kv")
 INT64_MAX = (1 << 63) - 1
 TOKENS_KEY = "tokenizer.ggml.tokens"
 
@@ -182,7 +187,8 @@ def _array(r: _Reader, key: str, etype: int, count: int, depth: int) -> list[Sca
         raise _Bad(f"array of {count} elements is larger than the file")
     st = _FMT.get(etype)
     if st is not None:
-        if count > SMALL_ARRAY or depth > 1:
+        keep = MAX_BLOCK_COUNT if key.endswith(PER_LAYER_SUFFIXES) else SMALL_ARRAY
+        if count > keep or depth > 1:
             r.skip(count * st.size, "array")
             return None
         r.need(count * st.size, "array")
@@ -288,11 +294,37 @@ def _parse_tensors(r: _Reader, n: int, align: int) -> tuple[_Ranges, dict[int, i
     return ranges, by_type
 
 
-def _check_meta(meta: Mapping[str, MetaValue]) -> None:
+def _check_int(meta: Mapping[str, MetaValue], key: str, low: int, high: int) -> None:
+    value = meta.get(key)
+    if value is not None and (type(value) is not int or not low <= value <= high):
+        raise _Bad(f"{key} is {_short(value)} (expected {low}..{high})")
+
+
+def _short(value: MetaValue) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_meta(meta: Mapping[str, MetaValue], lengths: Mapping[str, int]) -> None:
     arch = meta.get("general.architecture")
     blocks = meta.get(f"{arch}.block_count")
-    if blocks is not None and (type(blocks) is not int or not 1 <= blocks <= MAX_BLOCK_COUNT):
-        raise _Bad(f"{arch}.block_count is {blocks!r} (expected 1..{MAX_BLOCK_COUNT})")
+    _check_int(meta, f"{arch}.block_count", 1, MAX_BLOCK_COUNT)
+    _check_int(meta, f"{arch}.embedding_length", 1, MAX_EMBEDDING)
+    for suffix in ("key_length", "value_length"):
+        _check_int(meta, f"{arch}.attention.{suffix}", 1, MAX_HEAD_DIM)
+    for suffix in PER_LAYER_SUFFIXES:  # a number, or one number per layer
+        key = f"{arch}{suffix}"
+        value = meta.get(key)
+        if isinstance(value, list):
+            if type(blocks) is int and len(value) != blocks:
+                raise _Bad(f"{key} has {len(value)} elements, block_count is {blocks}")
+            if not all(type(v) is int and 0 <= v <= MAX_HEADS for v in value):
+                raise _Bad(f"{key} is {_short(value)} (expected integers 0..{MAX_HEADS})")
+        elif key in lengths:  # an array not kept: too long, nested, or of long strings
+            raise _Bad(f"{key} is an array of {lengths[key]} elements, not one integer per "
+                       f"layer (at most {MAX_BLOCK_COUNT})")
+        else:
+            _check_int(meta, key, 0, MAX_HEADS)
     count, no = meta.get("split.count", 0), meta.get("split.no", 0)
     if type(count) is not int or type(no) is not int or not 0 <= count <= 99_999:
         raise _Bad(f"invalid split.count {count!r} / split.no {no!r}")
@@ -325,7 +357,7 @@ def _parse(f: IO[bytes], size: int, path: Path) -> GGUFInfo:
     if n_tensors * _MIN_TENSOR + n_kv * _MIN_KV > size - r.pos:
         raise _Bad(f"header claims {n_tensors} tensors and {n_kv} keys, more than the file holds")
     meta, lengths = _parse_kv(r, n_kv)
-    _check_meta(meta)
+    _check_meta(meta, lengths)
     align = meta.get("general.alignment", 32)
     if type(align) is not int or align < 1 or align & (align - 1):
         raise _Bad(f"general.alignment {align!r} is not a power of two")
@@ -356,8 +388,9 @@ def _parse(f: IO[bytes], size: int, path: Path) -> GGUFInfo:
 @dataclass(frozen=True)
 class GGUFInfo:
     """What a validated GGUF header says. ``metadata`` holds scalars, arrays of at most
-    ``SMALL_ARRAY`` elements and strings up to ``MAX_KEPT_STRING`` bytes; ``array_lengths``
-    has the length of every array (``tokenizer.ggml.tokens`` is never kept)."""
+    ``SMALL_ARRAY`` elements (per-layer attention head counts: ``MAX_BLOCK_COUNT``) and strings
+    up to ``MAX_KEPT_STRING`` bytes; ``array_lengths`` has the length of every array
+    (``tokenizer.ggml.tokens`` is never kept)."""
 
     path: Path
     file_size: int
@@ -410,6 +443,40 @@ class GGUFInfo:
     @property
     def embedding_length(self) -> int | None:
         return self._arch_int("embedding_length")
+
+    def _per_layer(self, suffix: str) -> list[int] | None:
+        """A per-layer attention number: one value repeated ``block_count`` times, or the
+        array as the file gives it (its length and range were checked by read_info)."""
+        value = self.metadata.get(f"{self.architecture}{suffix}") if self.architecture else None
+        if isinstance(value, list):
+            return [v for v in value if type(v) is int]
+        if type(value) is not int:
+            return None
+        return [value] * (self.block_count or 1)
+
+    @property
+    def head_count(self) -> list[int] | None:
+        """``attention.head_count`` for each layer."""
+        return self._per_layer(".attention.head_count")
+
+    @property
+    def head_count_kv(self) -> list[int] | None:
+        """``attention.head_count_kv`` for each layer; llama.cpp's default is head_count."""
+        return self._per_layer(".attention.head_count_kv") or self.head_count
+
+    @property
+    def key_length(self) -> int | None:
+        """Per-head key length; llama.cpp's default is embedding_length / head_count."""
+        return self._arch_int("attention.key_length") or self._head_dim()
+
+    @property
+    def value_length(self) -> int | None:
+        """Per-head value length; llama.cpp's default is embedding_length / head_count."""
+        return self._arch_int("attention.value_length") or self._head_dim()
+
+    def _head_dim(self) -> int | None:
+        heads, embd = self.head_count, self.embedding_length
+        return embd // heads[0] if heads and heads[0] and embd else None
 
     @property
     def file_type(self) -> str | None:

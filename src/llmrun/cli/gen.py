@@ -146,6 +146,8 @@ def open_session(model: str, f: Flags, *, system: str | None,
                     f"{'yes' if loaded.offload_supported else 'no'})")
     if loaded.ctx_capped:
         output.warn(f"context size capped at {loaded.n_ctx}, the context {name} was trained on")
+    if loaded.memory_warning:
+        output.warn(loaded.memory_warning)
     return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
 
 
