@@ -70,6 +70,7 @@ class Api:
         self.pool = Pool(config.load, max_loaded=config.max_loaded, queue_size=config.queue,
                          keep_alive=config.keep_alive)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.resolved: dict[str, str] = {}  # requested name -> canonical name, once resolved
 
     def stop_generating(self) -> None:
         """Thread- and signal-safe: end all generations now (the server is stopping), so that
@@ -80,12 +81,21 @@ class Api:
 
     async def resolve(self, name: str) -> ModelSpec:
         try:
-            return await asyncio.to_thread(self.config.resolve, name)
+            spec = await asyncio.to_thread(self.config.resolve, name)
         except (NotFound, UsageError) as exc:
+            # a model still loaded keeps serving after its files are deleted (`rm --force`),
+            # until it unloads (T18)
+            loaded = self.pool.loaded_spec(self.resolved.get(name[:200], name))
+            if loaded is not None:
+                return loaded
             raise ApiError(404, f"model {name[:100]!r} not found: {exc.message}",
                            param="model", code="model_not_found") from None
         except LlmrunError as exc:
             raise to_api_error(exc) from None
+        if len(self.resolved) >= 1024:  # names that resolve are few; never grow unbounded
+            self.resolved.clear()
+        self.resolved[name[:200]] = spec.name
+        return spec
 
     async def stop(self, job: Job, state: Any) -> None:
         """Cancel a job; if it was generating, wait (briefly) until it has stopped."""

@@ -44,8 +44,10 @@ class ChildEngine:
         self._replies = os.fdopen(read, "rb")
         self._stops: list[str] | None = None
         try:
-            self.n_ctx = int(self._call("load", path=str(path), opts=dataclasses.asdict(opts),
-                                        chat_format=chat_format, debug=debug, name=name))
+            loaded = self._call("load", path=str(path), opts=dataclasses.asdict(opts),
+                                chat_format=chat_format, debug=debug, name=name)
+            self.n_ctx = int(loaded["n_ctx"])
+            self.memory_warning: str | None = loaded["memory_warning"]
         except BaseException:
             self.close()
             raise
@@ -173,7 +175,8 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
         state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
                                chat_format=req["chat_format"], debug=req["debug"],
                                name=req["name"])
-        return {"value": state["model"].n_ctx}
+        return {"value": {"n_ctx": state["model"].n_ctx,
+                          "memory_warning": state["model"].memory_warning}}
     model = state["model"]
     if op == "format_chat":
         return {"value": model.format_chat(req["messages"])}

@@ -107,6 +107,11 @@ class Pool:
                 continue
             await self._wait_change()
 
+    def loaded_spec(self, name: str) -> ModelSpec | None:
+        """The spec of a model that is loading or loaded under this canonical name."""
+        slot = self._slots.get(name)
+        return slot.spec if slot is not None else None
+
     def status(self) -> list[dict[str, Any]]:
         return [{"name": s.spec.name, "loaded": s.loaded, "running": int(s.running),
                  "waiting": s.waiting} for s in self._slots.values()]

@@ -162,6 +162,8 @@ class Slot:
                 job.post(Failed(error))
                 self._call(self.pool._finished, self, job)
             return
+        if warning := getattr(engine, "memory_warning", None):
+            log.warning("%s", warning)
         self._call(self.pool._loaded, self, time.perf_counter() - start)
         crashed = False
         while (job := self.jobs.get()) is not None:
