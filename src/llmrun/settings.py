@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     ctx: int | None = Field(None, ge=16, description="context size; default min(4096, trained)")
     gpu_layers: int | None = Field(None, ge=-1, description="-1 = all; default all if offload")
     threads: int | None = Field(None, ge=1, description="default: physical cores")
+    flash_attn: bool | None = Field(None, description="flash attention; default on (see "
+                                    "docs/benchmarks.md for the trade-off on CPUs)")
     debug: bool = Field(False, description="tracebacks and llama.cpp logs")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -134,7 +134,8 @@ def open_session(model: str, f: Flags, *, system: str | None,
             if getattr(f, key) is None and default is not None:
                 setattr(sampling, key, default)
     opts = LoadOptions(n_ctx=f.ctx or s.ctx, n_gpu_layers=f.gpu_layers if f.gpu_layers is not None
-                       else s.gpu_layers, n_threads=f.threads or s.threads)
+                       else s.gpu_layers, n_threads=f.threads or s.threads,
+                       flash_attn=s.flash_attn)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
                    debug=s.debug or f.verbose, name=name)
     if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
