@@ -120,13 +120,13 @@ def test_fifty_concurrent_requests_three_rounds(pulled_root: Path) -> None:
             assert expected[prompt][0] and expected[prompt][1] in ("stop", "length")
         [model_pid] = _model_pids(server)
         # Warm-up: the first rounds put the KV cache, compute buffers and the weights' pages in
-        # place. Without engine._fixed_mmap_threshold the model process's heap also grew for
-        # 60-80 requests (glibc moved llama-cpp-python's per-token vocabulary-sized arrays
-        # into a heap that fragmented: anon RSS 111, 141, 195, 234, 243 MiB); with it, RSS
-        # after a round swings by up to ~80 MiB between rounds (measured: 463, 527, 458, 521,
-        # 446, 509 MiB) but does not climb. A leak climbs: warm-up rounds run until one adds
-        # less than SETTLED (at most WARMUP), then no measured round may exceed the highest
-        # warm-up round by the bound.
+        # place. Measured: without engine._fixed_mmap_threshold the model process's heap grew
+        # for 60-80 requests (anon RSS 111, 141, 195, 234, 243 MiB); without
+        # engine.Model._free_sampler each request's native sampler chain (3 MiB) waited for
+        # Python's cyclic GC, and RSS swung by ~75 MiB between rounds (463, 527, 458, 521,
+        # 446, 509 MiB). With both, it is flat to 0.1 MiB (427.0, 427.4, 427.5, 427.5,
+        # 427.5). Warm-up rounds run until one adds less than SETTLED (at most WARMUP); then
+        # no measured round may exceed the highest warm-up round by the bound.
         warm = [_tree_rss(server.proc.pid)]
         for _ in range(WARMUP):
             served, busy = _check_round(server, expected)
@@ -145,12 +145,11 @@ def test_fifty_concurrent_requests_three_rounds(pulled_root: Path) -> None:
             rss.append(_tree_rss(server.proc.pid))
             print(f"round {n + 1}: {served} served, {busy} got 503, server tree RSS "
                   f"{rss[-1] / 2**20:.1f} MiB", _detail(server.proc.pid))
-        # What a round could leave behind is per-request objects. A leak of 1 MiB per served
-        # request (a logits array, a lost sampler) adds >= 63 MiB over three rounds of >= 21
-        # requests, beyond the swing already seen in the warm-up; the bound is 10 % of the
-        # ~500 MiB tree or 40 MiB, whichever is larger.
+        # What a round could leave behind is per-request objects. A leak of 0.4 MiB per served
+        # request (a logits array, a lost sampler) adds >= 25 MiB over three rounds of >= 21
+        # requests: more than the bound.
         top = max(warm[1:])
-        bound = max(0.10 * top, 40 * 2**20)
+        bound = 24 * 2**20
         assert max(rss) - top < bound, (
             f"RSS climbed {(max(rss) - top) / 2**20:.1f} MiB above the warm-up's highest "
             f"(bound {bound / 2**20:.1f} MiB): warm-up {[f'{x / 2**20:.1f}' for x in warm]}, "
