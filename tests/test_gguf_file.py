@@ -27,7 +27,8 @@ import pytest
 import llmrun
 from llmrun import gguf_file
 from llmrun.errors import CorruptModel, NotFound
-from llmrun.gguf_file import GGUFInfo, check_split_set, read_info
+from llmrun.gguf_file import check_split_set, read_info
+from llmrun.gguf_info import GGUFInfo
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
 TOKENS = ["<unk>", "<s>", "</s>", "hello", "world", "!"]

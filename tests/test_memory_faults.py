@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import GEMMA, Cli
 
-from llmrun import gguf_file, inuse, memory
+from llmrun import gguf_file, gguf_info, inuse, memory
 from llmrun.engine import LoadOptions, Model
 from llmrun.errors import ModelError
 from llmrun.exit_codes import ExitCode
@@ -105,8 +105,8 @@ def test_estimate_parts(gemma_file: Path) -> None:
     assert est.address_space == est.resident + est.buffers
 
 
-def _info(tmp_path: Path, **meta: object) -> gguf_file.GGUFInfo:
-    return gguf_file.GGUFInfo(path=tmp_path / "m.gguf", file_size=1000, version=3, n_tensors=0,
+def _info(tmp_path: Path, **meta: object) -> gguf_info.GGUFInfo:
+    return gguf_info.GGUFInfo(path=tmp_path / "m.gguf", file_size=1000, version=3, n_tensors=0,
                               metadata={"general.architecture": "x", "x.block_count": 2,
                                         **meta},  # type: ignore[dict-item]
                               array_lengths={gguf_file.TOKENS_KEY: 10})

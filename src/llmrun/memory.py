@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
-from .gguf_file import TOKENS_KEY, GGUFInfo
+from .gguf_file import TOKENS_KEY
+from .gguf_info import GGUFInfo
 
 KV_BYTES = 2  # llama.cpp's default cache type is f16 for both K and V
 LOGIT_BYTES = 4  # f32
