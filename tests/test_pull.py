@@ -3,7 +3,6 @@ faults injected: resume after SIGKILL, Range ignored, flipped bytes, drops, auth
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -16,29 +15,15 @@ from pathlib import Path
 import pytest
 from conftest import Cli, make_env
 from hubdouble import HubDouble
-
-REPO = "test-org/tiny-GGUF"
-Q4 = "tiny-model-Q4_K_M.gguf"
-Q8 = "tiny-model-Q8_0.gguf"
-SIZE = 3 * 1024 * 1024 + 17
-
-
-def _data(seed: int, size: int = SIZE) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:size])
+from pullkit import Q4, Q8, REPO, SIZE, tiny_repo_hub
+from pullkit import blob as _blob
+from pullkit import data as _data
+from pullkit import gets as _gets
 
 
 @pytest.fixture
 def hub() -> Iterator[HubDouble]:
-    with HubDouble() as h:
-        h.add_file(REPO, Q4, _data(1))
-        h.add_file(REPO, Q8, _data(2))
-        h.add_file(REPO, "mmproj-tiny-F16.gguf", _data(3, 1000))
-        h.add_file(REPO, "README.md", b"# tiny\n")
+    with tiny_repo_hub() as h:
         yield h
 
 
@@ -47,16 +32,6 @@ def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
     env = make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0",
                    LLMRUN_STALL_TIMEOUT="3")
     return Cli(env, tmp_path)
-
-
-def _gets(hub: HubDouble, name: str) -> list[dict[str, str]]:
-    return [r.headers for r in hub.requests if r.method == "GET" and "/resolve/" in r.path
-            and r.path.endswith(name)]
-
-
-def _blob(root: Path, data: bytes) -> Path:
-    return (root / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
-            / hashlib.sha256(data).hexdigest())
 
 
 def test_pull_default_quant_into_hf_cache_layout(hcli: Cli, hub: HubDouble) -> None:

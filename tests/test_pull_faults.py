@@ -25,20 +25,24 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
 from conftest import Cli, make_env
 from filelock import FileLock
 from hubdouble import HubDouble
-from test_pull import Q4, Q8, REPO, _blob, _data, _gets
+from pullkit import Q4, REPO, REPO_DIR, tiny_repo_hub
+from pullkit import blob as _blob
+from pullkit import blob_in as _blob_in
+from pullkit import data as _data
+from pullkit import gets as _gets
 
 from llmrun.download import PART_SUFFIX
 from llmrun.exit_codes import ExitCode
 
-REPO_DIR = f"models--{REPO.replace('/', '--')}"
 RESOLVE = f"GET /{REPO}/resolve/"
 CHUNK = 64 * 1024  # download.py hands the body to the file in 64 KiB blocks
 KILLS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
@@ -46,11 +50,7 @@ KILLS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
 
 @pytest.fixture
 def hub() -> Iterator[HubDouble]:
-    with HubDouble() as h:
-        h.add_file(REPO, Q4, _data(1))
-        h.add_file(REPO, Q8, _data(2))
-        h.add_file(REPO, "mmproj-tiny-F16.gguf", _data(3, 1000))
-        h.add_file(REPO, "README.md", b"# tiny\n")
+    with tiny_repo_hub() as h:
         yield h
 
 
@@ -70,10 +70,6 @@ def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _blob_in(cache: Path, data: bytes) -> Path:
-    return cache / REPO_DIR / "blobs" / hashlib.sha256(data).hexdigest()
 
 
 def _part(blob: Path) -> Path:
@@ -104,25 +100,31 @@ def _until(cond: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | 
         time.sleep(0.02)
 
 
-def _start_pull(cli: Cli, log: Path, *args: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+@contextmanager
+def _running_pull(cli: Cli, hub: HubDouble, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`pull hf.co/REPO` in the background, stderr to ``log``. On leaving, whatever happened,
+    held requests are released and the process is reaped (killed if it still runs)."""
     err = log.open("wb")
-    return cli.popen("pull", *args, stdout=subprocess.DEVNULL, stderr=err), err
+    proc = cli.popen("pull", f"hf.co/{REPO}", stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        yield proc
+    finally:
+        hub.release()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
+        err.close()
 
 
 def _kill(proc: subprocess.Popen[bytes], sig: signal.Signals, log: Path) -> None:
+    """Send ``sig`` to a pull still running: it exits as documented (130 for SIGINT, with no
+    traceback; killed by the signal otherwise)."""
     assert proc.poll() is None, f"pull ended early ({proc.returncode}): {log.read_text()}"
     proc.send_signal(sig)
     code = proc.wait(timeout=20)
     assert code == {signal.SIGINT: ExitCode.INTERRUPTED}.get(sig, -sig), log.read_text()
     if sig == signal.SIGINT:
         assert "Traceback" not in log.read_text()
-
-
-def _reap(proc: subprocess.Popen[bytes], err: IO[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=20)
-    err.close()
 
 
 def _assert_lock_free(lock: Path) -> None:
@@ -171,16 +173,12 @@ def test_t01_killed_while_planning(hcli: Cli, hub: HubDouble, tmp_path: Path,
     commit = hub.commit(REPO)
     hub.set_faults(hold_for=f"GET /api/models/{REPO}/tree/", hold_times=1)
     log = tmp_path / "pull.err"
-    proc, err = _start_pull(hcli, log, f"hf.co/{REPO}")
-    try:
+    with _running_pull(hcli, hub, log) as proc:
         held = hub.wait_held(60)
         assert held is not None, log.read_text()
         assert unquote(held.path).startswith(f"/api/models/{REPO}/tree/{commit}")
         assert [r for r in hub.requests if "/resolve/" in r.path] == []
         _kill(proc, sig, log)
-    finally:
-        hub.release()
-        _reap(proc, err)
     assert [r for r in hub.requests if "/resolve/" in r.path] == []
     assert not _lock(hcli.root / "hub", _data(1)).exists()
     assert _parts_under(hcli.root) == []
@@ -198,16 +196,12 @@ def test_t01_killed_after_headers_before_any_body_byte(hcli: Cli, hub: HubDouble
     blob = _blob(hcli.root, _data(1))
     hub.set_faults(hold_for=RESOLVE, hold_after=0, hold_times=1)
     log = tmp_path / "pull.err"
-    proc, err = _start_pull(hcli, log, f"hf.co/{REPO}")
-    try:
+    with _running_pull(hcli, hub, log) as proc:
         held = hub.wait_held(60)
         assert held is not None, log.read_text()
         assert unquote(held.path).endswith(f"/resolve/{commit}/{Q4}")
         assert "range" not in held.headers
         _kill(proc, sig, log)
-    finally:
-        hub.release()
-        _reap(proc, err)
     part = _part(blob)
     assert not part.exists() or part.stat().st_size == 0
     lock = _lock(hcli.root / "hub", _data(1))
@@ -235,14 +229,11 @@ def test_t01_killed_one_byte_before_the_end(hcli: Cli, hub: HubDouble, tmp_path:
     part = _part(blob)
     hub.set_faults(stall_after=END_SIZE - 1, stall_seconds=300, stall_times=1)
     log = tmp_path / "pull.err"
-    proc, err = _start_pull(hcli, log, f"hf.co/{REPO}")
-    try:
+    with _running_pull(hcli, hub, log) as proc:
         _until(lambda: part.exists() and part.stat().st_size >= END_SIZE - 1,
                "the partial file to hold SIZE-1 bytes", proc)
         assert part.stat().st_size == END_SIZE - 1
         _kill(proc, sig, log)
-    finally:
-        _reap(proc, err)
     assert part.stat().st_size == END_SIZE - 1
     assert part.read_bytes() == data[:-1]
     lock = _lock(hcli.root / "hub", data)
@@ -452,12 +443,10 @@ def _disk_full_on_tmpfs(tmp_path: Path, mnt: Path, hub: HubDouble) -> None:
     other = cli("pull", f"hf.co/{OTHER_REPO}", timeout=120)
     assert other.returncode == 0, other.stderr
     commit = hub.commit(REPO)
-    part = _part(cache / REPO_DIR / "blobs" / hashlib.sha256(_data(1)).hexdigest())
+    part = _part(_blob_in(cache, _data(1)))
     hub.set_faults(hold_for=RESOLVE, hold_after=FULL_AT, hold_times=1)
     log = tmp_path / "pull.err"
-    proc, err = _start_pull(cli, log, f"hf.co/{REPO}")
-    filler: Path | None = None
-    try:
+    with _running_pull(cli, hub, log) as proc:
         assert hub.wait_held(60) is not None, log.read_text()
         _until(lambda: part.exists() and part.stat().st_size >= FULL_AT,
                "the first MiB on the tmpfs", proc)
@@ -466,9 +455,6 @@ def _disk_full_on_tmpfs(tmp_path: Path, mnt: Path, hub: HubDouble) -> None:
         assert os.statvfs(mnt).f_bavail == 0
         hub.release()
         code = proc.wait(timeout=120)
-    finally:
-        hub.release()
-        _reap(proc, err)
     _assert_disk_full_outcome(code, log.read_text(), cli, cache, commit)
     assert filler is not None
     filler.unlink()

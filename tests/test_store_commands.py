@@ -154,17 +154,24 @@ def _read_reply(proc: subprocess.Popen[bytes], timeout: float = 120) -> bytes:
     return got
 
 
+def _chat_with_model_loaded(cli: Cli) -> subprocess.Popen[bytes]:
+    """A piped chat that has answered one message: its model is loaded and stays so."""
+    chat = cli.popen("chat", GEMMA, "--temperature", "0", "-n", "4", stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert chat.stdin is not None
+    chat.stdin.write(b"Hello\n")
+    chat.stdin.flush()
+    _read_reply(chat)
+    return chat
+
+
 def test_rm_refuses_a_model_a_running_chat_has_loaded(private_gemma_cli: Cli) -> None:
     """T18: `rm` leaves a loaded model alone and names the process; once it exits, rm works."""
     cli = private_gemma_cli
     blob = Path(json.loads(cli("list", "--json").stdout)[0]["path"]).resolve()
-    chat = cli.popen("chat", GEMMA, "--temperature", "0", "-n", "4", stdin=subprocess.PIPE,
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    chat = _chat_with_model_loaded(cli)
     assert chat.stdin is not None
     try:
-        chat.stdin.write(b"Hello\n")
-        chat.stdin.flush()
-        _read_reply(chat)
         refused = cli("rm", "-y", GEMMA)
         assert refused.returncode == 1
         assert f"is loaded by a running llmrun process (pid {chat.pid})" in refused.stderr
@@ -181,12 +188,8 @@ def test_rm_refuses_a_model_a_running_chat_has_loaded(private_gemma_cli: Cli) ->
 def test_rm_force_removes_a_loaded_model_and_the_chat_carries_on(private_gemma_cli: Cli) -> None:
     cli = private_gemma_cli
     blob = Path(json.loads(cli("list", "--json").stdout)[0]["path"]).resolve()
-    chat = cli.popen("chat", GEMMA, "--temperature", "0", "-n", "4", stdin=subprocess.PIPE,
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    chat = _chat_with_model_loaded(cli)
     assert chat.stdin is not None
-    chat.stdin.write(b"Hello\n")
-    chat.stdin.flush()
-    _read_reply(chat)
     forced = cli("rm", "-y", "--force", GEMMA)
     assert forced.returncode == 0, forced.stderr
     assert not blob.exists()
