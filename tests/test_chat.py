@@ -12,8 +12,9 @@ from conftest import GEMMA, Cli
 PROMPT = ">>>"  # prompt_toolkit draws the trailing space as a cursor move
 
 
-def _spawn(cli: Cli, *args: str) -> pexpect.spawn:
-    env = {**cli.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120"}
+def _spawn(cli: Cli, *args: str, **extra_env: str) -> pexpect.spawn:
+    env = {**cli.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120",
+           **extra_env}
     child = pexpect.spawn(sys.executable, ["-m", "llmrun", "chat", GEMMA, *args], env=env,
                           encoding="utf-8", timeout=60, dimensions=(40, 120))
     child.expect_exact(PROMPT)
@@ -57,6 +58,26 @@ def test_chat_turns_and_slash_commands(private_gemma_cli: Cli, tmp_path: Path) -
     assert data["messages"][0]["content"] == "What is the capital of France?"
     history = (cli.root / "home" / "chat_history").read_text()
     assert "What is the capital of France?" in history
+
+
+def test_chat_reads_ahead_while_the_message_is_typed(private_gemma_cli: Cli) -> None:
+    """Keystrokes reach the read-ahead thread: once typing pauses, the whole prompt is in the
+    KV cache before Enter, and Enter evaluates nothing. LLMRUN_DEBUG's log line is the signal
+    that the read-ahead is done; -v's timing block counts what was evaluated after Enter."""
+    child = _spawn(private_gemma_cli, "-v", "--temperature", "0", "-n", "8", LLMRUN_DEBUG="1")
+    for message in ("What is the capital of France?", "And of Italy?"):
+        child.send(message)  # typed, Enter not pressed yet
+        child.expect(r"read ahead the whole message: \d+ new of (\d+) tokens")
+        ahead = int(child.match.group(1))
+        child.send("\r")
+        child.expect(r"prompt eval count: +(\d+) token\(s\) \((\d+) evaluated\)")
+        assert int(child.match.group(1)) == ahead
+        assert int(child.match.group(2)) == 0
+        child.expect_exact(PROMPT)
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
 
 
 def test_ctrl_c_stops_the_reply_not_the_session(private_gemma_cli: Cli) -> None:

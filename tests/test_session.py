@@ -114,9 +114,98 @@ def test_prefill_of_what_is_cached_does_nothing(model: Model) -> None:
     assert model.llama.n_tokens == len(tokens)
 
 
+def test_a_cancelled_prefill_stops_between_pieces(model: Model) -> None:
+    """A stale read-ahead stops after the piece it is in; the cache holds exactly the pieces
+    done, and a later prefill carries on from there."""
+    from llmrun.engine import PREFILL_PIECE
+
+    model.llama.reset()
+    tokens = model.tokenize(SYSTEM * 3, templated=False)
+    assert len(tokens) > 2 * PREFILL_PIECE
+    asked = []
+
+    def after_one_piece() -> bool:
+        asked.append(True)
+        return len(asked) > 1
+
+    assert model.prefill(tokens, after_one_piece) == PREFILL_PIECE
+    assert list(model.llama.input_ids[: model.llama.n_tokens]) == tokens[:PREFILL_PIECE]
+    assert model.prefill(tokens, lambda: False) == len(tokens) - PREFILL_PIECE
+    assert model.llama.n_tokens == len(tokens)
+
+
 def test_raw_sessions_do_not_prefill(model: Model) -> None:
     model.llama.reset()
     s = Session(model, Sampling(temperature=0, max_tokens=4), raw=True)
     s.prepare()
     s.settle()
     assert model.llama.n_tokens == 0
+
+
+# ---- reading ahead into the message as it is typed ------------------------------------------
+QUESTION = "What is the capital of France?"
+
+
+def _typed(model: Model, *drafts: str) -> Session:
+    """A fresh session whose user has typed ``drafts`` in turn, pausing after each."""
+    model.llama.reset()
+    s = Session(model, Sampling(temperature=0, max_tokens=8), trim=True)
+    s.prepare()
+    for draft in drafts:
+        s.offer(draft)
+        s.wait_read_ahead()
+    return s
+
+
+def _prompt(model: Model, message: str) -> list[int]:
+    return model.tokenize(model.format_chat([{"role": "user", "content": message}]),
+                          templated=True)
+
+
+def test_typed_words_are_read_ahead(model: Model) -> None:
+    s = _typed(model, "What is the", "What is the capital of Fr")
+    s.offer("What is the capital of Fr")  # typing goes on: only the finished words are due
+    s.settle()  # Enter: the whole-draft guess, still waiting for a pause, is dropped
+    words = s._opening(s._all_messages(), "What is the capital of")
+    assert list(model.llama.input_ids[: len(words)]) == words
+    turn = s.ask(QUESTION)
+    assert "".join(turn).strip()
+    full = _prompt(model, QUESTION)
+    assert turn.result.prompt_tokens == len(full)
+    # left after Enter: "France?" and the template's close of the turn, not the whole message
+    assert 0 < turn.result.prompt_evaluated < len(full) - len(words) + 2
+    assert turn.result.prompt_evaluated < len(full) // 2
+
+
+def test_after_a_pause_enter_only_samples(model: Model) -> None:
+    s = _typed(model, QUESTION)
+    full = _prompt(model, QUESTION)
+    assert list(model.llama.input_ids[: model.llama.n_tokens]) == full
+    ahead = _last_logits(model)
+    model.llama.reset()
+    model.llama.eval(full)
+    whole = _last_logits(model)
+    assert int(ahead.argmax()) == int(whole.argmax())  # see the note on splits above
+    assert float(np.corrcoef(whole, ahead)[0, 1]) > 0.995
+    s = _typed(model, QUESTION)
+    turn = s.ask(QUESTION)
+    assert "".join(turn).strip()
+    assert turn.result.prompt_evaluated == 0  # the whole prompt was in the cache
+
+
+def test_a_wrong_guess_is_rolled_back(model: Model) -> None:
+    s = _typed(model, "What is the capital of Spain?")  # then edited before Enter
+    spain, france = _prompt(model, "What is the capital of Spain?"), _prompt(model, QUESTION)
+    common = next(i for i, (a, b) in enumerate(zip(spain, france, strict=False)) if a != b)
+    turn = s.ask(QUESTION)
+    assert "".join(turn).strip()
+    assert turn.result.prompt_evaluated == len(france) - common
+    assert list(model.llama.input_ids[: len(france)]) == france  # nothing of Spain is left
+
+
+def test_commands_and_empty_drafts_are_not_read_ahead(model: Model) -> None:
+    for draft in ("/show", "   ", '"""'):
+        s = _typed(model, draft)
+        opening = s._opening()
+        assert model.llama.n_tokens == len(opening) - 1
+        s.settle()

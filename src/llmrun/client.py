@@ -120,6 +120,9 @@ class RemoteSession:
     def prepare(self) -> None:
         """Nothing to do ahead of time: the server evaluates the prompt."""
 
+    def offer(self, draft: str) -> None:
+        """Nothing to read ahead: the server sees the message only when it is sent."""
+
     def settle(self) -> None:
         """No background work to wait for."""
 

@@ -19,6 +19,7 @@ from . import gguf_file, inuse, templates
 from .errors import ContextOverflow, ModelError, UsageError
 
 DEFAULT_CTX = 4096
+PREFILL_PIECE = 32  # tokens per decode when a read-ahead may be called off between decodes
 _log_callback: Any = None  # keep the ctypes callback alive
 
 
@@ -212,10 +213,12 @@ class Model:
             tokens = self.llama.tokenize(data, add_bos=True, special=False)
         return list(tokens)
 
-    def prefill(self, tokens: list[int]) -> int:
+    def prefill(self, tokens: list[int], cancelled: Callable[[], bool] | None = None) -> int:
         """Evaluate ``tokens`` into the KV cache ahead of the next generate() whose prompt starts
         with them (llama-cpp-python reuses the longest cached prefix). Returns how many tokens
-        were evaluated; 0 when they are already cached."""
+        were evaluated; 0 when they are already cached. With ``cancelled``, the tokens go in
+        pieces of PREFILL_PIECE and it stops between pieces once ``cancelled()`` is true; the
+        cache then holds the pieces done."""
         llama = self.llama
         held = llama.input_ids[: llama.n_tokens]
         common = 0
@@ -226,13 +229,19 @@ class Model:
         if common >= len(tokens) or len(tokens) >= self.n_ctx:
             return 0
         llama.n_tokens = common
-        llama.eval(tokens[common:])
+        if cancelled is None:
+            llama.eval(tokens[common:])
+        else:
+            for start in range(common, len(tokens), PREFILL_PIECE):
+                if cancelled():
+                    break
+                llama.eval(tokens[start : start + PREFILL_PIECE])
         # finish the work now, in this (background) thread, and book it in llama.cpp's perf
         # counters, which generate() resets: they count only what the prompt itself costs
         import llama_cpp
 
         llama_cpp.llama_synchronize(llama.ctx)
-        return len(tokens) - common
+        return int(llama.n_tokens) - common
 
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         if n_prompt >= self.n_ctx:
@@ -294,7 +303,8 @@ class Model:
                 close()
             self._free_sampler()
             perf = llama_cpp.llama_perf_context(self.llama.ctx)
-            res.prompt_evaluated = int(perf.n_p_eval)
+            # llama.cpp reports at least 1; a prompt found whole in the cache took no time
+            res.prompt_evaluated = int(perf.n_p_eval) if perf.t_p_eval_ms > 0 else 0
             # llama-cpp-python samples one token past the last it returns (the end-of-turn
             # token, or the one after max_tokens), and the criteria see every sample
             res.completion_tokens = max(0, sampled - 1)

@@ -4,27 +4,32 @@ Trimming policy (chat): when the next prompt would not leave ``reserve`` tokens 
 the oldest user/assistant turns are dropped, the system prompt is kept, and the caller is told
 how many turns went. A single message that cannot fit is an error, never silently cut.
 
-Prefill (chat): while the user types, ``prepare()`` evaluates in a background thread what the
-next prompt will start with: the history so far and the template's opening of the next user
-turn (with a system prompt, all of it at the start). Only the new message is left to evaluate
-after Enter. Everything else that uses the model waits for that thread first (``settle()``).
+Read-ahead (chat): while the user is at the prompt, a background thread (readahead.py)
+evaluates what the next prompt will start with: the history so far and the template's opening
+of the next user turn (with a system prompt, all of it at the start); then, as the message is
+typed, its words up to the last space; and once typing pauses, the whole prompt the message
+would make, so that Enter after a pause only samples. Everything else that uses the model
+waits for that thread first (``settle()``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .engine import Model, Result, Sampling
-from .errors import ContextOverflow, LlmrunError, UsageError
+from .errors import ContextOverflow, UsageError
+from .readahead import ReadAhead
 
 Message = dict[str, str]
 _NEXT = "\ue000llmrun-next-message\ue000"  # stands in for the message not typed yet
+_WORDS = re.compile(r"(.*\S)\s+\S*$", re.DOTALL)  # a draft up to its last whitespace
+WORD_DELAY_S = 0.05  # a burst of keystrokes costs one read-ahead of the finished words
+PAUSE_S = 0.5  # typing paused this long: the draft may be the message; evaluate all of it
 
 
 @dataclass
@@ -48,7 +53,7 @@ class Session:
     trim: bool = True  # chat trims old turns; run fails instead
     messages: list[Message] = field(default_factory=list)
     last: Result | None = None  # the latest reply's numbers, for /stats
-    _prefill: threading.Thread | None = field(default=None, init=False, repr=False)
+    _ahead: ReadAhead | None = field(default=None, init=False, repr=False)
 
     @property
     def reserve(self) -> int:
@@ -76,41 +81,68 @@ class Session:
         return tokens, dropped
 
     def prepare(self) -> None:
-        """Start evaluating the next prompt's known beginning in the background (chat calls
-        this before it waits for input). Purely a head start: a mismatch costs nothing but the
-        idle time, since generate() keeps only the prefix that really matches."""
+        """Start reading ahead: evaluate the next prompt's known beginning in the background
+        (chat calls this before it waits for input), then whatever offer() adds. Purely a head
+        start: a mismatch costs nothing but idle time, since generate() keeps only the prefix
+        that really matches."""
         self.settle()
         if self.raw:
             return
-        try:
-            # the last token before the message may merge with its first characters
-            tokens = self._opening()[:-1]
-        except LlmrunError:
-            return  # the real ask() reports template problems
-        if not tokens or len(tokens) + self.reserve > self.model.n_ctx:
-            return  # empty, or the next ask() trims the history first
-        self._prefill = threading.Thread(target=self._run_prefill, args=(tokens,),
-                                         name="llmrun-prefill")
-        self._prefill.start()
+        self._ahead = ReadAhead(self.model.prefill)
+        self._ahead.offer((0.0, "the opening", self._job(self._all_messages(), "")))
 
-    def _run_prefill(self, tokens: list[int]) -> None:
-        try:
-            self.model.prefill(tokens)
-        except Exception as exc:  # an optimisation only: the next ask() evaluates it all
-            logging.getLogger("llmrun").debug("prefill failed: %s", exc)
+    def offer(self, draft: str) -> None:
+        """The message as typed so far (chat's keyboard handler calls this on every change):
+        read ahead into its finished words now, and into the whole prompt once typing pauses."""
+        if self._ahead is None:
+            return
+        text = draft.strip()
+        history = self._all_messages()
+        if not text or text.startswith(("/", '"""')):  # a command, or no message yet
+            self._ahead.offer((0.0, "the opening", self._job(history, "")))
+            return
+        words = _WORDS.match(text)
+        self._ahead.offer(
+            (WORD_DELAY_S, "the typed words", self._job(history, words.group(1) if words else "")),
+            (PAUSE_S, "the whole message", self._job(history, text, whole=True)))
+
+    def _job(self, history: list[Message], draft: str,
+             whole: bool = False) -> Callable[[], list[int]]:
+        """The tokens to read ahead for ``draft``, computed later in the read-ahead thread:
+        with ``whole``, the complete prompt ask(draft) would make; else the prompt's opening
+        and the draft's finished words. Nothing when it would not fit: ask() trims first."""
+        def tokens() -> list[int]:
+            if whole:
+                text = self.model.format_chat([*history, {"role": "user", "content": draft}])
+                found = self.model.tokenize(text, templated=True)
+            else:
+                found = self._opening(history, draft)
+                if not draft:  # the last token before the message may merge with its start
+                    found = found[:-1]
+            return found if len(found) + self.reserve <= self.model.n_ctx else []
+        return tokens
+
+    def wait_read_ahead(self) -> None:
+        """Wait until everything offered so far is read ahead, as if the user paused (tests and
+        benchmarks)."""
+        if self._ahead is not None:
+            self._ahead.wait_idle()
 
     def settle(self) -> None:
-        """Wait for a background prefill; call before anything else uses the model."""
-        if self._prefill is not None:
-            self._prefill.join()
-            self._prefill = None
+        """Stop reading ahead: guesses not started yet are dropped, a running one is called off
+        between pieces, and the opening offered by prepare() is finished. Call it before
+        anything else uses the model."""
+        if self._ahead is not None:
+            self._ahead.finish()
+            self._ahead = None
 
-    def _opening(self) -> list[int]:
+    def _opening(self, history: list[Message] | None = None, draft: str = "") -> list[int]:
         """The tokens the next prompt starts with: everything before the next user message
-        (a template may place the system prompt inside the first user turn)."""
-        text = self.model.format_chat([*self._all_messages(), {"role": "user", "content": _NEXT}])
+        (a template may place the system prompt inside the first user turn), then ``draft``."""
+        history = self._all_messages() if history is None else history
+        text = self.model.format_chat([*history, {"role": "user", "content": _NEXT}])
         cut = text.find(_NEXT)
-        return self.model.tokenize(text[:cut], templated=True) if cut > 0 else []
+        return self.model.tokenize(text[:cut] + draft, templated=True) if cut > 0 else []
 
     def context_used(self) -> int:
         """Tokens the conversation takes up before the next message."""

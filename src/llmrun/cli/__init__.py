@@ -70,6 +70,13 @@ def _debug() -> bool:
 def main() -> None:
     """Entry point: run the app and map every failure to one line and an exit code."""
     code: int = ExitCode.OK
+    if _debug():  # llmrun's own debug log (serve has its own handler)
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("llmrun: %(message)s"))
+        logging.getLogger("llmrun").addHandler(handler)
+        logging.getLogger("llmrun").setLevel(logging.DEBUG)
     try:
         result = app(standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK

@@ -109,6 +109,8 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
 
     history = _ensure(common.settings().home / "chat_history")
     prompt: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
+    # a local model reads ahead into the message as it is typed
+    prompt.default_buffer.on_text_changed += lambda buffer: session.offer(buffer.text)
     output.info(f"chatting with {name}; /help for commands, Ctrl-D to quit")
     interrupted = False
     while True:
@@ -123,6 +125,8 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
             continue
         except EOFError:
             return
+        finally:
+            session.settle()  # the read-ahead thread gives the model back
         interrupted = False
         if text.strip() == '"""':
             text = _multiline(prompt)
