@@ -16,11 +16,11 @@ LATER = 3600.0  # a delay no test waits out
 class Evaluations:
     def __init__(self) -> None:
         self.seen: list[list[int]] = []
-        self.cancellable: list[bool] = []
+        self.committed: list[bool] = []
 
-    def __call__(self, tokens: list[int], cancelled: Callable[[], bool] | None) -> int:
+    def __call__(self, tokens: list[int], cancelled: Callable[[], bool], committed: bool) -> int:
         self.seen.append(tokens)
-        self.cancellable.append(cancelled is not None)
+        self.committed.append(committed)
         return len(tokens)
 
 
@@ -98,17 +98,18 @@ def test_an_empty_job_evaluates_nothing(ahead: ReadAhead, evaluated: Evaluations
     assert evaluated.seen == []
 
 
-def test_only_a_delayed_job_can_be_called_off(ahead: ReadAhead, evaluated: Evaluations) -> None:
+def test_jobs_offered_without_delay_are_committed(ahead: ReadAhead,
+                                                   evaluated: Evaluations) -> None:
     ahead.offer((0.0, "committed", lambda: [1]), (0.01, "delayed", lambda: [2]))
     assert ahead.wait_idle(timeout=30)
-    assert evaluated.seen == [[1], [2]] and evaluated.cancellable == [False, True]
+    assert evaluated.seen == [[1], [2]] and evaluated.committed == [True, False]
 
 
 def _blocking(started: threading.Event, release: threading.Event,
               verdicts: list[bool]) -> ReadAhead:
-    """A ReadAhead whose evaluation waits for ``release``, then notes whether it was stale."""
-    def evaluate(tokens: list[int], cancelled: Callable[[], bool] | None) -> int:
-        assert cancelled is not None
+    """A ReadAhead whose evaluation waits for ``release``, then notes whether it was called
+    off: (called off when it started, called off when released)."""
+    def evaluate(tokens: list[int], cancelled: Callable[[], bool], committed: bool) -> int:
         verdicts.append(cancelled())
         started.set()
         release.wait(30)
@@ -117,21 +118,44 @@ def _blocking(started: threading.Event, release: threading.Event,
     return ReadAhead(evaluate)
 
 
-@pytest.mark.parametrize("then", ["a newer offer", "finish"])
+def _while_stopping(ahead: ReadAhead, stop: Callable[[], None],
+                    release: threading.Event) -> None:
+    """Run ``stop`` (finish or abort) in a thread; release the running evaluation once the
+    stop is flagged, as a keystroke or Ctrl-C arrives mid-decode."""
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    while not ahead._stopping:  # flagged before it waits for the thread
+        stopper.join(0.001)
+    release.set()
+    stopper.join(30)
+    assert not stopper.is_alive() and not ahead._thread.is_alive()
+
+
+@pytest.mark.parametrize("then", ["a newer offer", "finish", "abort"])
 def test_a_running_guess_learns_it_is_stale(then: str) -> None:
     started, release, verdicts = threading.Event(), threading.Event(), []
     ahead = _blocking(started, release, verdicts)
     ahead.offer((0.001, "guess", lambda: [1, 2, 3]))
     assert started.wait(30)
-    if then == "finish":
-        finisher = threading.Thread(target=ahead.finish)
-        finisher.start()
-        while not ahead._stopping:  # finish() flags it before it waits for the thread
-            finisher.join(0.001)
-        release.set()
-        finisher.join(30)
-    else:
+    if then == "a newer offer":
         ahead.offer((LATER, "newer", lambda: [4]))
         release.set()
         ahead.finish()
+    else:
+        _while_stopping(ahead, ahead.finish if then == "finish" else ahead.abort, release)
     assert verdicts == [False, True]
+
+
+@pytest.mark.parametrize("then", ["finish", "abort"])
+def test_only_abort_calls_off_a_committed_job(then: str) -> None:
+    """finish() lets the opening complete (a piped chat stays reproducible); abort() (Ctrl-C,
+    the end of the chat) calls it off too."""
+    started, release, verdicts = threading.Event(), threading.Event(), []
+    ahead = _blocking(started, release, verdicts)
+    ahead.offer((0.0, "the opening", lambda: [1, 2, 3]), (0.0, "also committed", lambda: [4]))
+    assert started.wait(30)
+    _while_stopping(ahead, ahead.finish if then == "finish" else ahead.abort, release)
+    if then == "finish":  # both ran, neither called off
+        assert verdicts == [False, False, False, False]
+    else:  # the running one called off, the other dropped
+        assert verdicts == [False, True]

@@ -126,6 +126,9 @@ class RemoteSession:
     def settle(self) -> None:
         """No background work to wait for."""
 
+    def abort(self) -> None:
+        """No background work to stop."""
+
     def clear(self) -> None:
         self.messages.clear()
 

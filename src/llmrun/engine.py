@@ -19,7 +19,7 @@ from . import gguf_file, inuse, templates
 from .errors import ContextOverflow, ModelError, UsageError
 
 DEFAULT_CTX = 4096
-PREFILL_PIECE = 32  # tokens per decode when a read-ahead may be called off between decodes
+PREFILL_PIECE = 32  # tokens per decode of a guess that may be called off between decodes
 _log_callback: Any = None  # keep the ctypes callback alive
 
 
@@ -213,12 +213,27 @@ class Model:
             tokens = self.llama.tokenize(data, add_bos=True, special=False)
         return list(tokens)
 
-    def prefill(self, tokens: list[int], cancelled: Callable[[], bool] | None = None) -> int:
+    @property
+    def can_roll_back(self) -> bool:
+        """Whether the cache can drop its tail and keep a prefix. Attention KV caches can;
+        recurrent and hybrid models (Mamba, RWKV, Jamba, ...) cannot: llama-cpp-python then
+        re-evaluates the whole prompt, so only a guess that extends the cache is worth it."""
+        import llama_cpp
+
+        model = self.llama.model
+        return not (llama_cpp.llama_model_is_recurrent(model)
+                    or llama_cpp.llama_model_is_hybrid(model))
+
+    def prefill(self, tokens: list[int], cancelled: Callable[[], bool] | None = None,
+                piece: int | None = None) -> int:
         """Evaluate ``tokens`` into the KV cache ahead of the next generate() whose prompt starts
         with them (llama-cpp-python reuses the longest cached prefix). Returns how many tokens
-        were evaluated; 0 when they are already cached. With ``cancelled``, the tokens go in
-        pieces of PREFILL_PIECE and it stops between pieces once ``cancelled()`` is true; the
-        cache then holds the pieces done."""
+        were evaluated; 0 when they are already cached, or when the cache would have to drop a
+        tail it cannot drop. The tokens go in decodes of ``piece`` (default: the batch size,
+        as llama-cpp-python's own eval splits them); between decodes, once ``cancelled()`` is
+        true, it stops, and the cache holds exactly the decodes done."""
+        import llama_cpp
+
         llama = self.llama
         held = llama.input_ids[: llama.n_tokens]
         common = 0
@@ -228,18 +243,21 @@ class Model:
             common += 1
         if common >= len(tokens) or len(tokens) >= self.n_ctx:
             return 0
-        llama.n_tokens = common
-        if cancelled is None:
-            llama.eval(tokens[common:])
-        else:
-            for start in range(common, len(tokens), PREFILL_PIECE):
-                if cancelled():
-                    break
-                llama.eval(tokens[start : start + PREFILL_PIECE])
+        if cancelled is not None and cancelled():
+            return 0
+        if common < llama.n_tokens:  # drop the tail that does not match, or do nothing
+            memory = llama_cpp.llama_get_memory(llama.ctx)
+            if not self.can_roll_back or not llama_cpp.llama_memory_seq_rm(memory, -1, common,
+                                                                            -1):
+                return 0
+            llama.n_tokens = common
+        step = piece or llama.n_batch
+        for start in range(common, len(tokens), step):
+            if start > common and cancelled is not None and cancelled():
+                break  # (never before the first decode: n_tokens and the logits must agree)
+            llama.eval(tokens[start : start + step])
         # finish the work now, in this (background) thread, and book it in llama.cpp's perf
         # counters, which generate() resets: they count only what the prompt itself costs
-        import llama_cpp
-
         llama_cpp.llama_synchronize(llama.ctx)
         return int(llama.n_tokens) - common
 
@@ -267,9 +285,11 @@ class Model:
         max_tokens = sampling.max_tokens
         if max_tokens is None or max_tokens <= 0 or len(tokens) + max_tokens > self.n_ctx:
             max_tokens = self.n_ctx - len(tokens)
+        cached_whole = self._cached_whole(tokens)
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         start = time.perf_counter()
         first: float | None = None
+        sampler: Any = None
         sampled = 0
         cancelled = False
 
@@ -292,6 +312,7 @@ class Model:
                 piece = choice.get("text") or ""
                 if first is None:
                     first = time.perf_counter()
+                    sampler = getattr(self.llama, "_sampler", None)  # this generation's
                 if piece:
                     res.text += piece
                     yield piece
@@ -301,10 +322,12 @@ class Model:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-            self._free_sampler()
+            self._free_sampler(sampler)
             perf = llama_cpp.llama_perf_context(self.llama.ctx)
-            # llama.cpp reports at least 1; a prompt found whole in the cache took no time
-            res.prompt_evaluated = int(perf.n_p_eval) if perf.t_p_eval_ms > 0 else 0
+            # llama.cpp books a one-token decode as generation and reports n_p_eval as at
+            # least 1: with no prompt decode timed, it was 0 tokens or 1
+            res.prompt_evaluated = int(perf.n_p_eval) if perf.t_p_eval_ms > 0 else (
+                0 if cached_whole else 1)
             # llama-cpp-python samples one token past the last it returns (the end-of-turn
             # token, or the one after max_tokens), and the criteria see every sample
             res.completion_tokens = max(0, sampled - 1)
@@ -316,17 +339,26 @@ class Model:
         if res.finish_reason is None:
             res.finish_reason = "length"
 
-    def _free_sampler(self) -> None:
-        """Free the finished generation's sampler chain now. llama-cpp-python keeps it in
+    def _cached_whole(self, tokens: list[int]) -> bool:
+        """Whether llama-cpp-python will sample the first token without any decode: the cache
+        holds exactly ``tokens`` and the logits are those of its last one."""
+        llama = self.llama
+        return (llama.n_tokens == len(tokens) and not getattr(llama, "_requires_eval", True)
+                and list(llama.input_ids[: llama.n_tokens]) == tokens)
+
+    def _free_sampler(self, sampler: Any) -> None:
+        """Free this generation's sampler chain now. llama-cpp-python keeps it in
         ``Llama._sampler`` until the next generation replaces it, and its LlamaSampler sits in
         a reference cycle (an ExitStack callback that closes over it), so the native chain,
         with its vocabulary-sized candidate buffer (3 MiB for a 262k vocabulary), waited for
         Python's cyclic GC: a busy server's model process swung by ~75 MiB between
-        collections, in a pattern that shifted with any unrelated change to what is imported."""
-        sampler = getattr(self.llama, "_sampler", None)
-        if sampler is not None and hasattr(sampler, "close"):
-            sampler.close()
-            self.llama._sampler = None
+        collections, in a pattern that shifted with any unrelated change to what is imported.
+        Only the chain this generation made is closed, never a later one's."""
+        llama: Any = self.llama
+        if sampler is None or getattr(llama, "_sampler", None) is not sampler:
+            return
+        llama._sampler.close()
+        llama._sampler = None
 
     def _grammar(self, sampling: Sampling) -> Any:
         if sampling.json_schema is None and not sampling.json_any:

@@ -9,7 +9,8 @@ A job offered with no delay is committed: finish() still runs it, so that a chat
 splits its prompts into the same decodes on every run (llama.cpp's numbers depend slightly on
 the split) and stays reproducible with a fixed seed. Any other job is told, through the
 ``cancelled`` callable it is evaluated with, when a newer offer or finish() has made it stale,
-so that Enter never waits long for a guess nobody needs (a long paste, deleted again).
+so that Enter waits at most for the decode in progress of a guess nobody needs (a long paste,
+deleted again). abort() calls off committed jobs too (Ctrl-C, the end of the chat).
 
 Evaluation is purely a head start: the model keeps only the cached prefix that really matches
 the prompt it is finally asked, so a wrong guess costs idle time and nothing else.
@@ -25,7 +26,8 @@ from collections.abc import Callable
 Job = Callable[[], list[int]]
 Offer = tuple[float, str, Job]  # (seconds from now, what it reads ahead, for the log; job)
 Cancelled = Callable[[], bool]
-Evaluate = Callable[[list[int], Cancelled | None], int]  # returns how many it evaluated
+# (tokens, cancelled, committed) -> how many it evaluated
+Evaluate = Callable[[list[int], Cancelled, bool], int]
 log = logging.getLogger("llmrun")
 
 
@@ -37,6 +39,7 @@ class ReadAhead:
         # (due, what, job, committed), in due order
         self._jobs: list[tuple[float, str, Job, bool]] = []
         self._stopping = False
+        self._aborted = False
         self._busy = False
         self._thread = threading.Thread(target=self._loop, name="llmrun-readahead", daemon=True)
         self._thread.start()
@@ -48,7 +51,7 @@ class ReadAhead:
             self._offers += 1
             self._jobs = sorted(((now + max(delay, 0.0), what, job, delay <= 0)
                                  for delay, what, job in jobs), key=lambda entry: entry[0])
-            self._cond.notify()
+            self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every job offered so far has run (tests and benchmarks use this)."""
@@ -70,7 +73,16 @@ class ReadAhead:
             self._cond.notify_all()
         self._thread.join()
 
-    def _next(self) -> tuple[str, Job, Cancelled | None] | None:
+    def abort(self) -> None:
+        """Like finish(), but committed jobs are dropped or called off too: returns once the
+        decode in progress is done."""
+        with self._cond:
+            self._stopping = self._aborted = True
+            self._jobs = []
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _next(self) -> tuple[str, Job, Cancelled, bool] | None:
         with self._cond:
             while True:
                 if self._stopping and not self._jobs:
@@ -81,7 +93,9 @@ class ReadAhead:
                     if wait <= 0 or self._stopping:  # finish() kept only committed jobs
                         self._jobs.pop(0)
                         self._busy = True
-                        return what, job, None if committed else self._stale_after(self._offers)
+                        stale = self._aborted_check if committed else self._stale_after(
+                            self._offers)
+                        return what, job, stale, committed
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
@@ -89,13 +103,16 @@ class ReadAhead:
     def _stale_after(self, offers: int) -> Cancelled:
         return lambda: self._stopping or self._offers != offers
 
+    def _aborted_check(self) -> bool:
+        return self._aborted
+
     def _loop(self) -> None:
         while (entry := self._next()) is not None:
-            what, job, cancelled = entry
+            what, job, cancelled, committed = entry
             try:
                 tokens = job()
                 if tokens:
-                    done = self._evaluate(tokens, cancelled)
+                    done = self._evaluate(tokens, cancelled, committed)
                     log.debug("read ahead %s: %d new of %d tokens", what, done, len(tokens))
             except Exception as exc:  # an optimisation only: the real ask() evaluates it all
                 log.debug("read ahead %s failed: %s", what, exc)

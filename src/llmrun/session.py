@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine import Model, Result, Sampling
+from .engine import PREFILL_PIECE, Model, Result, Sampling
 from .errors import ContextOverflow, UsageError
 from .readahead import ReadAhead
 
@@ -84,24 +84,31 @@ class Session:
         """Start reading ahead: evaluate the next prompt's known beginning in the background
         (chat calls this before it waits for input), then whatever offer() adds. Purely a head
         start: a mismatch costs nothing but idle time, since generate() keeps only the prefix
-        that really matches."""
+        that really matches. The thread lives until settle() or abort(): call one before
+        dropping the session, or it keeps the model loaded."""
         self.settle()
         if self.raw:
             return
-        self._ahead = ReadAhead(self.model.prefill)
+        self._ahead = ReadAhead(self._evaluate)
         self._ahead.offer((0.0, "the opening", self._job(self._all_messages(), "")))
+
+    def _evaluate(self, tokens: list[int], cancelled: Callable[[], bool],
+                  committed: bool) -> int:
+        # a committed job goes in the batch-sized decodes generate() would make (the same
+        # split on every run); a guess in small ones, so that it can be called off quickly
+        return self.model.prefill(tokens, cancelled, None if committed else PREFILL_PIECE)
 
     def offer(self, draft: str) -> None:
         """The message as typed so far (chat's keyboard handler calls this on every change):
         read ahead into its finished words now, and into the whole prompt once typing pauses."""
-        if self._ahead is None:
-            return
+        if self._ahead is None or not self.model.can_roll_back:
+            return  # (a recurrent model could not take back a guess once the text changes)
         text = draft.strip()
         history = self._all_messages()
         if not text or text.startswith(("/", '"""')):  # a command, or no message yet
             self._ahead.offer((0.0, "the opening", self._job(history, "")))
             return
-        words = _WORDS.match(text)
+        words = _WORDS.match(draft.lstrip())
         self._ahead.offer(
             (WORD_DELAY_S, "the typed words", self._job(history, words.group(1) if words else "")),
             (PAUSE_S, "the whole message", self._job(history, text, whole=True)))
@@ -127,6 +134,13 @@ class Session:
         benchmarks)."""
         if self._ahead is not None:
             self._ahead.wait_idle()
+
+    def abort(self) -> None:
+        """Stop reading ahead at once, the opening too (Ctrl-C, the end of the chat): returns
+        when the decode in progress is done."""
+        if self._ahead is not None:
+            self._ahead.abort()
+            self._ahead = None
 
     def settle(self) -> None:
         """Stop reading ahead: guesses not started yet are dropped, a running one is called off

@@ -50,7 +50,7 @@ def chat_cmd(
         else:
             _scripted(session, last, verbose)
     finally:
-        session.settle()  # never tear the model down under a running prefill
+        session.abort()  # never tear the model down under a running read-ahead
 
 
 def _reply(session: Session, text: str, markdown: bool, verbose: bool) -> None:
@@ -117,7 +117,9 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
         session.prepare()  # the model reads ahead while the user types
         try:
             text = prompt.prompt(PROMPT)
+            session.settle()  # the read-ahead thread gives the model back (Ctrl-C: stops it)
         except KeyboardInterrupt:
+            session.abort()
             if interrupted:
                 raise typer.Exit(ExitCode.INTERRUPTED) from None
             interrupted = True
@@ -125,8 +127,6 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
             continue
         except EOFError:
             return
-        finally:
-            session.settle()  # the read-ahead thread gives the model back
         interrupted = False
         if text.strip() == '"""':
             text = _multiline(prompt)
