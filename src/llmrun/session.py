@@ -64,8 +64,9 @@ class Session:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.messages
 
-    def _tokens(self) -> list[int]:
-        text = self.model.format_chat(self._all_messages())
+    def _tokens(self, messages: list[Message] | None = None) -> list[int]:
+        """The prompt for ``messages`` (default: the conversation as it stands)."""
+        text = self.model.format_chat(self._all_messages() if messages is None else messages)
         return self.model.tokenize(text, templated=True)
 
     def _fit(self) -> tuple[list[int], int]:
@@ -120,8 +121,7 @@ class Session:
         and the draft's finished words. Nothing when it would not fit: ask() trims first."""
         def tokens() -> list[int]:
             if whole:
-                text = self.model.format_chat([*history, {"role": "user", "content": draft}])
-                found = self.model.tokenize(text, templated=True)
+                found = self._tokens([*history, {"role": "user", "content": draft}])
             else:
                 found = self._opening(history, draft)
                 if not draft:  # the last token before the message may merge with its start
