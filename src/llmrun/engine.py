@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gguf_file, inuse, templates
+from . import gguf_file, inuse, prompt_pieces, templates
 from .errors import ContextOverflow, ModelError, UsageError
 
 DEFAULT_CTX = 4096
 PREFILL_PIECE = 32  # tokens per decode of a guess that may be called off between decodes
 _log_callback: Any = None  # keep the ctypes callback alive
+log = logging.getLogger("llmrun")
 
 
 @dataclass
@@ -121,6 +124,9 @@ class Model:
                  debug: bool = False, name: str | None = None) -> None:
         self.path = path
         self.name = name or path.name
+        self._pieces: prompt_pieces.PieceTokenizer | None = None
+        self._pieces_thread: threading.Thread | None = None
+        self._closing = False
         hint = (f"run `llmrun pull --force {name}`" if name and name != path.name
                 else "the file is damaged or not a GGUF model")
         self.info = gguf_file.read_info(path, hint=hint)  # validated before native code sees it
@@ -180,6 +186,9 @@ class Model:
 
     def close(self) -> None:
         """Free llama.cpp's memory now and let `llmrun rm` have the files."""
+        self._closing = True
+        if self._pieces_thread is not None:
+            self._pieces_thread.join()
         llama = self.__dict__.pop("llama", None)
         if llama is not None:
             llama.close()
@@ -207,11 +216,60 @@ class Model:
         data = text.encode("utf-8", "replace")
         bos = self.info.bos_token
         if templated:  # the template writes BOS itself when the model wants one
-            tokens = self.llama.tokenize(data, add_bos=not (bos and text.startswith(bos)),
-                                         special=True)
+            add_bos = not (bos and text.startswith(bos))
+            pieces = self._pieces
+            if pieces is not None:
+                return pieces(text, add_bos)
+            tokens = self.llama.tokenize(data, add_bos=add_bos, special=True)
         else:
             tokens = self.llama.tokenize(data, add_bos=True, special=False)
         return list(tokens)
+
+    def remember_prompt_pieces(self) -> None:
+        """Tokenize chat prompts piece by piece from now on, remembering each piece's tokens,
+        so that a turn tokenizes only its new text (prompt_pieces.py). Chat and serve call this;
+        a background thread reads the vocabulary's special tokens first (~0.15 s for 262k),
+        and until it is done, or if the template cannot be cut, prompts are tokenized whole."""
+        if self._pieces_thread is None:
+            self._pieces_thread = threading.Thread(target=self._build_pieces, daemon=True,
+                                                   name="llmrun-prompt-pieces")
+            self._pieces_thread.start()
+
+    def wait_prompt_pieces(self) -> prompt_pieces.PieceTokenizer | None:
+        """Wait for remember_prompt_pieces()' thread: the piece tokenizer in use, if any."""
+        if self._pieces_thread is not None:
+            self._pieces_thread.join()
+        return self._pieces
+
+    def _build_pieces(self) -> None:
+        import llama_cpp
+
+        try:
+            llama = self.llama
+            vocab = llama_cpp.llama_model_get_vocab(llama.model)
+            if llama_cpp.llama_vocab_get_add_eos(vocab) or llama_cpp.llama_vocab_get_add_sep(
+                    vocab):  # the tokenizer appends tokens at the end: pieces would repeat them
+                return
+            special = (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+                       | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN)  # what llama.cpp cuts text at
+            specials: dict[int, tuple[str, bool]] = {}
+            for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+                if self._closing:
+                    return
+                attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+                if attr & special:
+                    text = llama.detokenize([token], special=True).decode("utf-8", "replace")
+                    specials[token] = (text, bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP))
+            probe = self.format_chat(prompt_pieces.PROBE)
+
+            def whole(text: str, add_bos: bool) -> list[int]:
+                return list(llama.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos,
+                                           special=True))
+
+            self._pieces = prompt_pieces.build(whole, specials, probe)
+            log.debug("chat prompts tokenized %s", "in pieces" if self._pieces else "whole")
+        except Exception as exc:  # an optimisation only: prompts are tokenized whole
+            log.debug("chat prompts tokenized whole: %s", exc)
 
     @property
     def can_roll_back(self) -> bool:

@@ -90,6 +90,8 @@ class Session:
         self.settle()
         if self.raw:
             return
+        if self.messages:  # from the second turn on, a turn tokenizes only its new text
+            self.model.remember_prompt_pieces()
         self._ahead = ReadAhead(self._evaluate)
         self._ahead.offer((0.0, "the opening", self._job(self._all_messages(), "")))
 
@@ -134,6 +136,7 @@ class Session:
         benchmarks)."""
         if self._ahead is not None:
             self._ahead.wait_idle()
+            self.model.wait_prompt_pieces()
 
     def abort(self) -> None:
         """Stop reading ahead at once, the opening too (Ctrl-C, the end of the chat): returns

@@ -175,6 +175,7 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
         state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
                                chat_format=req["chat_format"], debug=req["debug"],
                                name=req["name"])
+        state["model"].remember_prompt_pieces()  # each request re-sends the conversation
         return {"value": {"n_ctx": state["model"].n_ctx,
                           "memory_warning": state["model"].memory_warning}}
     model = state["model"]
