@@ -58,20 +58,32 @@ def test_a_prompt_is_cut_before_each_marker_and_pieces_are_remembered() -> None:
     assert pieces("", True) == [0] and pieces("", False) == []
 
 
+def test_the_last_piece_is_not_remembered() -> None:
+    """A prompt's last piece is where it is still growing (the message being typed, read
+    ahead at every pause): remembering each draft would push the history out."""
+    tok = _Counting()
+    pieces = PieceTokenizer(tok, ["<s>"])
+    for draft in ("<s>user\nhi<s>user\nTell", "<s>user\nhi<s>user\nTell me"):
+        pieces(draft, False)
+    tok.calls.clear()
+    pieces("<s>user\nhi<s>user\nTell", False)
+    assert tok.calls == ["<s>user\nTell"]
+
+
 def test_the_cache_forgets_the_least_recently_used_pieces() -> None:
     tok = _Counting()
     pieces = PieceTokenizer(tok, ["|"], max_chars=10)
-    pieces("|aaaa|bbbb", False)
-    pieces("|cccc", False)  # 15 characters would be held: |aaaa goes
+    pieces("|aaaa|bbbb|", False)
+    pieces("|cccc|", False)  # 15 characters would be held: |aaaa goes
     tok.calls.clear()
-    pieces("|bbbb|cccc", False)
-    assert tok.calls == []
-    pieces("|aaaa", False)
-    assert tok.calls == ["|aaaa"]
-    pieces("x" * 20, False)  # longer than the whole cache: tokenized, never kept
+    pieces("|bbbb|cccc|", False)
+    assert tok.calls == ["|"]
+    pieces("|aaaa|", False)
+    assert tok.calls == ["|", "|aaaa", "|"]
     tok.calls.clear()
-    pieces("x" * 20, False)
-    assert tok.calls == ["x" * 20]
+    pieces("x" * 20 + "|", False)  # longer than the whole cache: tokenized, never kept
+    pieces("x" * 20 + "|", False)
+    assert tok.calls == ["x" * 20, "|"] * 2
 
 
 @pytest.fixture(scope="module")

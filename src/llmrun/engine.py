@@ -228,7 +228,7 @@ class Model:
     def remember_prompt_pieces(self) -> None:
         """Tokenize chat prompts piece by piece from now on, remembering each piece's tokens,
         so that a turn tokenizes only its new text (prompt_pieces.py). Chat and serve call this;
-        a background thread reads the vocabulary's special tokens first (~0.15 s for 262k),
+        a background thread reads the vocabulary's special tokens first (~0.25 s for 262k),
         and until it is done, or if the template cannot be cut, prompts are tokenized whole."""
         if self._pieces_thread is None:
             self._pieces_thread = threading.Thread(target=self._build_pieces, daemon=True,

@@ -82,13 +82,15 @@ class PieceTokenizer:
             return list(self._tokenize(text, add_bos))
         out: list[int] = []
         with self._lock:
-            for i, piece in enumerate(self.pieces(text)):
+            pieces = self.pieces(text)
+            for i, piece in enumerate(pieces):
                 key = (add_bos and i == 0, piece)
                 tokens = self._cache.get(key)
                 if tokens is None:
                     tokens = array("i", self._tokenize(piece, key[0]))
                     self.tokenized += len(piece)
-                    self._keep(key, tokens)
+                    if i < len(pieces) - 1:  # the last piece may be a draft still growing
+                        self._keep(key, tokens)
                 else:
                     self._cache.move_to_end(key)
                 out.extend(tokens)
