@@ -7,7 +7,9 @@ on 2 cores: 54 ms for a 7k-token conversation and 0.3 s for 28k, paid again at e
 llama.cpp first cuts the text at every special token it finds (longest first), then tokenizes
 each stretch between them on its own. So a prompt cut just before a template marker (a special
 token such as ``<start_of_turn>``) tokenizes to the concatenation of its pieces' tokens, and a
-piece seen before need not be tokenized again: only the new turn's pieces are.
+piece seen before need not be tokenized again: only the new turn's pieces are. A prompt's last
+piece is not remembered: it is where chat's read-ahead sees the message grow keystroke by
+keystroke, and remembering every draft would push the conversation out of the cache.
 
 That holds only where no special token can reach across the cut. A special token at least as
 long as the marker whose text runs from before the marker into it would be claimed first in the
@@ -25,8 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 Tokenize = Callable[[str, bool], list[int]]  # (text, add_bos) -> tokens, special tokens parsed
-MAX_CHARS = 1 << 22  # text held in the cache (4 Mi characters, ~1M tokens at 4 bytes each),
-# least recently used out
+MAX_CHARS = 1 << 22  # text remembered (4 Mi characters, ~1M tokens at 4 bytes), LRU
 
 
 def straddles(token: str, marker: str) -> bool:
