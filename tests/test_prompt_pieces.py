@@ -25,10 +25,12 @@ def test_a_token_straddles_a_cut_when_its_tail_starts_the_marker() -> None:
 
 def test_only_markers_nothing_can_reach_across_are_used() -> None:
     specials = [("<start_of_turn>", False), ("<end_of_turn>", False), ("\n", False),
-                ("\n\n", False), ("<sep>", True), ("<eot>", False), ("<<eot>", False)]
-    found = usable_markers(["<start_of_turn>", "<end_of_turn>", "\n", "<sep>", "<eot>", ""],
-                           specials)
-    # "\n" sits inside "\n\n"; <sep> strips the space before it; "<<eot>" overlaps "<eot>"
+                ("\n\n", False), ("<sep>", True), ("<eot>", False), ("<<eot>", False),
+                ("<im>", False), ("m>--", False)]
+    found = usable_markers(["<start_of_turn>", "<end_of_turn>", "\n", "<sep>", "<eot>", "<im>",
+                            ""], specials)
+    # "\n" sits inside "\n\n"; <sep> strips the space before it; "<<eot>" ends with "<eot>";
+    # "m>--" starts inside "<im>"
     assert found == ["<start_of_turn>", "<end_of_turn>"]
 
 

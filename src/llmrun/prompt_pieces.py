@@ -12,9 +12,10 @@ piece is not remembered: it is where chat's read-ahead sees the message grow key
 keystroke, and remembering every draft would push the conversation out of the cache.
 
 That holds only where no special token can reach across the cut. A special token at least as
-long as the marker whose text runs from before the marker into it would be claimed first in the
-whole text and cut apart in pieces; a marker that strips the whitespace to its left (LSTRIP)
-would reach into the piece before. Such markers are not used (``usable_markers``).
+long as the marker, whose text runs from before the marker into it or starts inside it, would be
+claimed first in the whole text and cut apart in pieces; a marker that strips the whitespace to
+its left (LSTRIP) would reach into the piece before. Such markers are not used
+(``usable_markers``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def usable_markers(markers: Iterable[str], specials: Iterable[tuple[str, bool]])
     for marker in set(markers):
         if not marker or marker in lstrip:
             continue
-        if any(len(text) >= len(marker) and text != marker and straddles(text, marker)
+        # a token claimed before the marker (as long or longer) that starts before the cut and
+        # reaches into it, or starts inside the marker (the marker's head would then join the
+        # text before the cut in the whole prompt, but start a piece of its own when cut)
+        if any(len(text) >= len(marker) and text != marker
+               and (straddles(text, marker) or straddles(marker, text))
                for text, _ in specials):
             continue
         usable.append(marker)
