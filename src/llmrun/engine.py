@@ -5,6 +5,7 @@ chat turn evaluates only the new tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gguf_file, inuse, prompt_pieces, templates
+from . import gguf_file, inuse, native_check, prompt_pieces, templates
 from .errors import ContextOverflow, ModelError, UsageError
 
 DEFAULT_CTX = 4096
 PREFILL_PIECE = 32  # tokens per decode of a guess that may be called off between decodes
 _log_callback: Any = None  # keep the ctypes callback alive
+_preloaded: set[str] = set()
+_params_lock = threading.Lock()  # llama_model_default_params is patched while a Llama loads
 log = logging.getLogger("llmrun")
 
 
@@ -34,6 +37,8 @@ class LoadOptions:
     n_batch: int = 512
     flash_attn: bool | None = None  # None: on, as llama.cpp's "auto" is where supported
     use_mmap: bool = True
+    extra_buffers: str = "auto"  # llama.cpp's extra CPU buffer types: auto (self-test), on, off
+    state_dir: str | None = None  # where the self-test's result is remembered (None: nowhere)
 
 
 @dataclass
@@ -104,6 +109,127 @@ def _fixed_mmap_threshold() -> None:
         pass
 
 
+def preload_library(path: str) -> None:
+    """Load a shared library with global symbols before llama.cpp's own, as LD_PRELOAD would
+    (native_check.py finds when a build needs it). Must run before llama_cpp is imported."""
+    if path in _preloaded:
+        return
+    if "llama_cpp" in sys.modules:
+        raise ModelError(f"cannot load {path} before llama.cpp: it is loaded already",
+                         hint=f"start llmrun with LD_PRELOAD={path}")
+    try:
+        ctypes.CDLL(path, mode=getattr(os, "RTLD_GLOBAL", 0))
+    except OSError as exc:
+        raise ModelError(f"cannot load {path}: {exc}") from None
+    _preloaded.add(path)
+
+
+@contextlib.contextmanager
+def _model_params(extra_bufts: bool) -> Iterator[None]:
+    """While a Llama is built: llama.cpp's extra CPU buffer types (repacked and AMX weights)
+    off when asked. llama-cpp-python has no argument for ``use_extra_bufts``; its Llama takes
+    the defaults from ``llama_cpp.llama_cpp.llama_model_default_params()``, patched here."""
+    import llama_cpp.llama_cpp as native
+
+    with _params_lock:
+        if extra_bufts:
+            yield
+            return
+        original = native.llama_model_default_params
+
+        def without_extra_bufts() -> Any:
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        native.llama_model_default_params = without_extra_bufts
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = original
+
+
+def devices() -> list[dict[str, Any]]:
+    """ggml's backend devices (CPU, GPUs) with their memory, through the backend registry that
+    libllama links (llama-cpp-python binds none of it)."""
+    import llama_cpp.llama_cpp as native
+
+    lib: Any = native._lib
+    try:
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+            getattr(lib, fn).restype = ctypes.c_char_p
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                                ctypes.POINTER(ctypes.c_size_t)]
+        lib.ggml_backend_dev_memory.restype = None
+    except AttributeError:  # a build that does not export them
+        return []
+    kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append({"name": (lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                      "description": (lib.ggml_backend_dev_description(dev) or b"").decode(
+                          errors="replace"),
+                      "type": kinds.get(lib.ggml_backend_dev_type(dev), "other"),
+                      "memory_free": int(free.value), "memory_total": int(total.value)})
+    return found
+
+
+def system_info() -> str:
+    import llama_cpp
+
+    return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", "replace").strip()
+
+
+def build_info() -> dict[str, Any]:
+    """What the installed llama-cpp-python build is and sees: offload support, llama.cpp's
+    system info (CPU features, backends) and ggml's devices with their memory."""
+    import llama_cpp
+
+    return {"llama_cpp_python": getattr(llama_cpp, "__version__", None),
+            "offload": gpu_offload_supported(), "system_info": system_info(),
+            "devices": devices()}
+
+
+def probe(model_path: str, *, extra_bufts: bool, gpu_layers: int, threads: int | None,
+          flash_attn: bool | None, after_load: Callable[[], None] | None = None
+          ) -> dict[str, Any]:
+    """The engine self-test's work (run by native_probe.py in a child): load a model as Model
+    does, evaluate a 41-token prompt in one batch and decode 4 tokens one by one."""
+    _route_llama_logs(False)
+    _fixed_mmap_threshold()
+    import llama_cpp
+    import numpy as np
+
+    offload = gpu_offload_supported()
+    n_threads = threads or physical_cores()
+    with _model_params(extra_bufts):
+        llama = llama_cpp.Llama(
+            model_path=model_path, n_ctx=256, n_batch=64, n_gpu_layers=gpu_layers if offload
+            else 0, n_threads=n_threads, n_threads_batch=n_threads,
+            flash_attn=flash_attn if flash_attn is not None else True, verbose=False)
+    if after_load is not None:
+        after_load()
+    n_vocab = llama.n_vocab()
+    llama.eval([llama.token_bos()] + [3 + i % (n_vocab - 3) for i in range(40)])
+    for i in range(4):
+        llama.eval([3 + (7 * i) % (n_vocab - 3)])
+    llama_cpp.llama_synchronize(llama.ctx)
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama.ctx), shape=(n_vocab,))
+    finite = bool(np.isfinite(logits).all())
+    report = {**build_info(), "gpu_layers": gpu_layers if offload else 0, "finite": finite}
+    llama.close()
+    return report
+
+
 def gpu_offload_supported() -> bool:
     import llama_cpp
 
@@ -138,6 +264,17 @@ class Model:
         trained = self.info.context_length or DEFAULT_CTX
         self.n_ctx = min(opts.n_ctx or DEFAULT_CTX, trained)
         self.ctx_capped = opts.n_ctx is not None and opts.n_ctx > trained
+        try:  # before llama.cpp is loaded in this process (a preload must come first)
+            self.native = native_check.ensure(
+                path, self.info.matrix_samples, mode=opts.extra_buffers,
+                gpu=opts.n_gpu_layers != 0, threads=opts.n_threads, flash_attn=opts.flash_attn,
+                state_dir=Path(opts.state_dir) if opts.state_dir else None, name=self.name)
+            if self.native.config.preload:
+                preload_library(self.native.config.preload)
+        except BaseException:
+            self._hold.release()
+            raise
+        self.notice = self.native.notice  # for the CLI to print, like memory_warning
         _route_llama_logs(debug)
         _fixed_mmap_threshold()
         import llama_cpp
@@ -162,13 +299,14 @@ class Model:
         start = time.perf_counter()
         failure: str | None = None
         try:
-            self.llama = llama_cpp.Llama(
-                model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
-                n_threads=self.threads, n_threads_batch=self.threads, n_batch=opts.n_batch,
-                # llama.cpp's own default is "auto" (on wherever supported, CPU included);
-                # llama-cpp-python offers only on/off, so on it is, like llama-cli
-                flash_attn=opts.flash_attn if opts.flash_attn is not None else True,
-                use_mmap=opts.use_mmap, verbose=debug)
+            with _model_params(self.native.config.extra_bufts):
+                self.llama = llama_cpp.Llama(
+                    model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
+                    n_threads=self.threads, n_threads_batch=self.threads, n_batch=opts.n_batch,
+                    # llama.cpp's own default is "auto" (on wherever supported, CPU included);
+                    # llama-cpp-python offers only on/off, so on it is, like llama-cli
+                    flash_attn=opts.flash_attn if opts.flash_attn is not None else True,
+                    use_mmap=opts.use_mmap, verbose=debug)
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
             failure = "out of memory" if isinstance(exc, MemoryError) else str(exc)
         if failure is not None:  # out of the except block: the half-built Llama is gone

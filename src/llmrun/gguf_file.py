@@ -242,10 +242,12 @@ def _parse_kv(r: _Reader, n_kv: int) -> tuple[dict[str, MetaValue], dict[str, in
 _Ranges = list[tuple[int, int, str]]  # (offset, nbytes, name)
 
 
-def _parse_tensors(r: _Reader, n: int, align: int) -> tuple[_Ranges, dict[int, int]]:
+def _parse_tensors(r: _Reader, n: int, align: int
+                   ) -> tuple[_Ranges, dict[int, int], dict[int, tuple[int, int]]]:
     ranges: _Ranges = []
     names: set[str] = set()
     by_type: dict[int, int] = {}
+    matrices: dict[int, tuple[int, int]] = {}  # type -> (offset, nbytes) of its first matrix
     for i in range(n):
         name = ""
         try:  # inlined reads: this loop may run MAX_TENSORS times
@@ -285,7 +287,9 @@ def _parse_tensors(r: _Reader, n: int, align: int) -> tuple[_Ranges, dict[int, i
             raise _Bad(f"tensor #{i} {name!r}: {e}") from None
         ranges.append((offset, ne // block * type_size, name))
         by_type[ttype] = by_type.get(ttype, 0) + ne
-    return ranges, by_type
+        if n_dims >= 2 and ttype not in matrices:
+            matrices[ttype] = ranges[-1][:2]
+    return ranges, by_type, matrices
 
 
 def _check_int(meta: Mapping[str, MetaValue], key: str, low: int, high: int) -> None:
@@ -355,7 +359,7 @@ def _parse(f: IO[bytes], size: int, path: Path) -> GGUFInfo:
     align = meta.get("general.alignment", 32)
     if type(align) is not int or align < 1 or align & (align - 1):
         raise _Bad(f"general.alignment {align!r} is not a power of two")
-    ranges, by_type = _parse_tensors(r, n_tensors, align)
+    ranges, by_type, matrices = _parse_tensors(r, n_tensors, align)
     data_start = -(-r.pos // align) * align
     if n_tensors and data_start > size:
         raise _Bad(f"tensor data section starts at {data_start}, past the end ({size} bytes)")
@@ -376,6 +380,7 @@ def _parse(f: IO[bytes], size: int, path: Path) -> GGUFInfo:
         path=path, file_size=size, version=version, n_tensors=n_tensors, metadata=meta,
         array_lengths=lengths, parameter_count=sum(types.values()), tensor_types=types,
         alignment=align, data_offset=data_start, bos_token=bos, eos_token=eos,
+        matrix_samples={_QNAMES[t]: (data_start + off, nb) for t, (off, nb) in matrices.items()},
     )  # fmt: skip
 
 

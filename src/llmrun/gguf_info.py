@@ -39,6 +39,9 @@ class GGUFInfo:
     data_offset: int = 0
     bos_token: str | None = None
     eos_token: str | None = None
+    # ggml type -> (file offset, bytes) of the first matrix of that type: what the engine
+    # self-test copies blocks from to exercise the same kernels (native_check.py)
+    matrix_samples: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def _str(self, key: str) -> str | None:
         v = self.metadata.get(key)

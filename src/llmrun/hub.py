@@ -135,3 +135,31 @@ def file_info(repo: str, path: str, revision: str) -> tuple[str, RemoteFile]:
     etag = (meta.etag or "").strip('"')
     sha = etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
     return str(meta.commit_hash or revision), RemoteFile(path, meta.size, sha)
+
+
+def cache_dir() -> str:
+    return str(constants.HF_HUB_CACHE)
+
+
+def token_source() -> str | None:
+    """Where the user's Hub token comes from ("HF_TOKEN", "token file"), or None; never the
+    token itself."""
+    import os
+
+    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
+        return "HF_TOKEN"
+    if huggingface_hub.get_token():
+        return "token file"
+    return None
+
+
+def ping(timeout: float) -> tuple[bool, str]:
+    """Whether the Hub endpoint answers HTTP within ``timeout`` seconds (any status counts),
+    and a short reason."""
+    if is_offline():
+        return False, "offline mode (HF_HUB_OFFLINE)"
+    try:
+        response = get_session().head(endpoint(), timeout=timeout, follow_redirects=False)
+    except Exception as exc:  # DNS, refused, timeout, TLS: all "unreachable"
+        return False, (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return True, f"HTTP {response.status_code}"

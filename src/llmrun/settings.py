@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     flash_attn: bool | None = Field(None, description="flash attention; default on (see "
                                     "docs/benchmarks.md for the trade-off on CPUs)")
     debug: bool = Field(False, description="tracebacks and llama.cpp logs")
+    cpu_extra_buffers: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp's extra CPU buffer types (AMX, repacked weights): auto "
+        "= on unless the engine self-test crashes with them (docs/install.md)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = Field(None, repr=False)

@@ -14,6 +14,7 @@ from ..exit_codes import ExitCode
 from . import output
 from .catalog import catalog_cmd
 from .chat import chat_cmd
+from .doctor import doctor_cmd
 from .import_ import import_cmd
 from .list_ import list_cmd
 from .prune import prune_cmd
@@ -62,6 +63,7 @@ app.command("import")(import_cmd)
 app.command("verify")(verify_cmd)
 app.command("prune")(prune_cmd)
 app.command("serve")(serve_cmd)
+app.command("doctor")(doctor_cmd)
 
 def _debug() -> bool:
     return os.environ.get("LLMRUN_DEBUG", "").lower() in ("1", "true", "yes")

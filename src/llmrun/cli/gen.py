@@ -135,7 +135,8 @@ def open_session(model: str, f: Flags, *, system: str | None,
                 setattr(sampling, key, default)
     opts = LoadOptions(n_ctx=f.ctx or s.ctx, n_gpu_layers=f.gpu_layers if f.gpu_layers is not None
                        else s.gpu_layers, n_threads=f.threads or s.threads,
-                       flash_attn=s.flash_attn)
+                       flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
+                       state_dir=str(s.state_dir))
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
                    debug=s.debug or f.verbose, name=name)
     if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
@@ -149,6 +150,8 @@ def open_session(model: str, f: Flags, *, system: str | None,
         output.warn(f"context size capped at {loaded.n_ctx}, the context {name} was trained on")
     if loaded.memory_warning:
         output.warn(loaded.memory_warning)
+    if loaded.notice:
+        output.notice(loaded.notice)
     return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
 
 

@@ -40,6 +40,11 @@ def warn(message: str) -> None:
     err().print(f"[yellow]Warning:[/yellow] {_escape(message)}")
 
 
+def notice(message: str) -> None:
+    """Something llmrun did on the user's behalf that they should know about, once."""
+    err().print(f"[cyan]Notice:[/cyan] {_escape(message)}")
+
+
 def error(message: str, hint: str | None = None) -> None:
     err().print(f"[bold red]Error:[/bold red] {_escape(message)}")
     if hint:

@@ -131,8 +131,10 @@ def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, m
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
+    s = common.settings()
     opts = LoadOptions(n_ctx=ctx, n_gpu_layers=gpu_layers, n_threads=threads,
-                       flash_attn=common.settings().flash_attn)
+                       flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
+                       state_dir=str(s.state_dir))
     config = ServerConfig(resolve=_resolve, list_models=_list_models,
                           load=engine_loader(opts, debug=debug), host=host,
                           port=sock.getsockname()[1], api_key=key, keep_alive=keep_alive,

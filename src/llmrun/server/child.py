@@ -48,6 +48,7 @@ class ChildEngine:
                                 chat_format=chat_format, debug=debug, name=name)
             self.n_ctx = int(loaded["n_ctx"])
             self.memory_warning: str | None = loaded["memory_warning"]
+            self.notice: str | None = loaded.get("notice")
         except BaseException:
             self.close()
             raise
@@ -177,7 +178,8 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
                                name=req["name"])
         state["model"].remember_prompt_pieces()  # each request re-sends the conversation
         return {"value": {"n_ctx": state["model"].n_ctx,
-                          "memory_warning": state["model"].memory_warning}}
+                          "memory_warning": state["model"].memory_warning,
+                          "notice": state["model"].notice}}
     model = state["model"]
     if op == "format_chat":
         return {"value": model.format_chat(req["messages"])}

@@ -164,6 +164,8 @@ class Slot:
             return
         if warning := getattr(engine, "memory_warning", None):
             log.warning("%s", warning)
+        if notice := getattr(engine, "notice", None):
+            log.warning("%s", notice)
         self._call(self.pool._loaded, self, time.perf_counter() - start)
         crashed = False
         while (job := self.jobs.get()) is not None:
