@@ -457,6 +457,34 @@ class Model:
         llama_cpp.llama_synchronize(llama.ctx)
         return int(llama.n_tokens) - common
 
+    def clear_cache(self) -> None:
+        """Empty the KV cache (the next prompt is evaluated from its first token)."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama.ctx), True)
+        self.llama.n_tokens = 0
+
+    def bench_decode(self, tokens: list[int], step: int) -> float:
+        """llama-bench's loop: from an empty cache, decode ``tokens`` ``step`` at a time (the
+        batch size for prompt processing, 1 for generation) with llama_decode, nothing else;
+        seconds until the last decode is done."""
+        import llama_cpp
+
+        self.clear_cache()
+        llama = self.llama
+        chunks = [tokens[i : i + step] for i in range(0, len(tokens), step)]
+        arrays = [(llama_cpp.llama_token * len(c))(*c) for c in chunks]  # made before timing
+        start = time.perf_counter()
+        for i, (chunk, arr) in enumerate(zip(chunks, arrays, strict=True)):
+            if llama_cpp.llama_decode(llama.ctx, llama_cpp.llama_batch_get_one(arr, len(chunk))):
+                self.clear_cache()
+                raise ModelError(f"llama_decode failed at token {i * step} of {len(tokens)}",
+                                 hint="try a smaller -p or a larger --ctx")
+        llama_cpp.llama_synchronize(llama.ctx)
+        took = time.perf_counter() - start
+        self.clear_cache()
+        return took
+
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
         if n_prompt >= self.n_ctx:
             raise ContextOverflow(

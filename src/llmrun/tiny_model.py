@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -36,17 +37,36 @@ def can_write(qtype: str, samples: Mapping[str, tuple[int, int]]) -> bool:
     return True
 
 
-def _shape(role: str) -> tuple[int, int]:
-    """(rows, columns) of a weight matrix: rows are outputs."""
-    return {"ffn_gate": (FF, EMBD), "ffn_up": (FF, EMBD), "ffn_down": (EMBD, FF),
-            "output": (VOCAB, EMBD)}.get(role, (EMBD, EMBD))
+@dataclass(frozen=True)
+class Shape:
+    """A llama's dimensions (the defaults: the self-test's tiny model; bench/ writes a 1.1B
+    one with TinyLlama's shape)."""
+
+    embd: int = EMBD
+    ff: int = FF
+    vocab: int = VOCAB
+    heads: int = HEADS
+    kv_heads: int = HEADS
+    layers: int = 2
+    ctx: int = 256
+
+    def matrix(self, role: str) -> tuple[int, int]:
+        """(rows, columns) of a weight matrix: rows are outputs."""
+        kv = self.embd // self.heads * self.kv_heads
+        return {"ffn_gate": (self.ff, self.embd), "ffn_up": (self.ff, self.embd),
+                "ffn_down": (self.embd, self.ff), "attn_k": (kv, self.embd),
+                "attn_v": (kv, self.embd), "output": (self.vocab, self.embd)}.get(
+                    role, (self.embd, self.embd))
+
+
+TINYLLAMA_1B = Shape(embd=2048, ff=5632, vocab=32000, heads=32, kv_heads=4, layers=22, ctx=2048)
 
 
 def _matrix(qtype: str, rows: int, cols: int, rng: np.random.Generator,
             source: Path | None, samples: Mapping[str, tuple[int, int]]) -> tuple[np.ndarray,
                                                                                   int | None]:
     """(array, raw ggml type or None) for GGUFWriter.add_tensor."""
-    values = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    values = (rng.random((rows, cols), dtype=np.float32) - 0.5) * 0.06
     if qtype == "F32":
         return values, None
     if qtype == "F16":
@@ -67,43 +87,44 @@ def _matrix(qtype: str, rows: int, cols: int, rng: np.random.Generator,
 
 
 def write(path: Path, types: Sequence[str], *, source: Path | None = None,
-          samples: Mapping[str, tuple[int, int]] | None = None, seed: int = 0) -> None:
+          samples: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
+          shape: Shape = Shape()) -> None:
     """Write a loadable llama to ``path`` whose weight matrices use each of ``types`` at least
     once (in turn; more layers when there are more types than matrices)."""
     samples = samples or {}
     kinds = list(dict.fromkeys(types)) or ["F32"]
-    layers = max(2, math.ceil((len(kinds) - 1) / len(_PER_LAYER)))
+    layers = max(shape.layers, math.ceil((len(kinds) - 1) / len(_PER_LAYER)))
     roles = [f"blk.{i}.{r}" for i in range(layers) for r in _PER_LAYER] + ["output"]
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("llmrun engine self-test")
-    w.add_context_length(256)
-    w.add_embedding_length(EMBD)
+    w.add_name("llmrun random-weight llama")
+    w.add_context_length(shape.ctx)
+    w.add_embedding_length(shape.embd)
     w.add_block_count(layers)
-    w.add_feed_forward_length(FF)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(HEADS)
-    w.add_rope_dimension_count(EMBD // HEADS)
+    w.add_feed_forward_length(shape.ff)
+    w.add_head_count(shape.heads)
+    w.add_head_count_kv(shape.kv_heads)
+    w.add_rope_dimension_count(shape.embd // shape.heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("llama")
+    n_filler = shape.vocab - 259
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += [f"\u2581w{i}" for i in range(VOCAB - len(tokens))]
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * 3 + [-1000.0] * 256 + [-float(i) for i in range(VOCAB - 259)])
-    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (VOCAB - 259))
+    w.add_token_list(tokens + [f"\u2581w{i}" for i in range(n_filler)])
+    w.add_token_scores([0.0] * 3 + [-1000.0] * 256 + [-float(i) for i in range(n_filler)])
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * n_filler)
     w.add_unk_token_id(0)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    ones = np.ones(EMBD, dtype=np.float32)
-    w.add_tensor("token_embd.weight", (rng.standard_normal((VOCAB, EMBD)) * 0.02)
-                 .astype(np.float32))
+    ones = np.ones(shape.embd, dtype=np.float32)
+    embd = (rng.random((shape.vocab, shape.embd), dtype=np.float32) - 0.5) * 0.06
+    w.add_tensor("token_embd.weight", embd.astype(np.float16) if kinds == ["F16"] else embd)
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", ones)
         w.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
     w.add_tensor("output_norm.weight", ones)
     for n, role in enumerate(roles):
         qtype = kinds[n % len(kinds)]
-        rows, cols = _shape(role.rsplit(".", 1)[-1])
+        rows, cols = shape.matrix(role.rsplit(".", 1)[-1])
         array, raw = _matrix(qtype, rows, cols, rng, source, samples)
         if raw is None:
             w.add_tensor(f"{role}.weight", array)
@@ -113,3 +134,19 @@ def write(path: Path, types: Sequence[str], *, source: Path | None = None,
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def main() -> None:
+    """``python -m llmrun.tiny_model OUT.gguf [TYPE ...] [--1b]``: a random-weight llama for
+    plumbing and speed tests (never for answers)."""
+    import sys
+
+    args = [a for a in sys.argv[1:] if a != "--1b"]
+    if not args:
+        sys.exit("usage: python -m llmrun.tiny_model OUT.gguf [TYPE ...] [--1b]")
+    write(Path(args[0]), args[1:] or ["F16"],
+          shape=TINYLLAMA_1B if "--1b" in sys.argv else Shape())
+
+
+if __name__ == "__main__":
+    main()

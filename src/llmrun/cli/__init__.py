@@ -12,6 +12,7 @@ from .. import __version__
 from ..errors import LlmrunError
 from ..exit_codes import ExitCode
 from . import output
+from .bench import bench_cmd
 from .catalog import catalog_cmd
 from .chat import chat_cmd
 from .doctor import doctor_cmd
@@ -64,6 +65,7 @@ app.command("verify")(verify_cmd)
 app.command("prune")(prune_cmd)
 app.command("serve")(serve_cmd)
 app.command("doctor")(doctor_cmd)
+app.command("bench")(bench_cmd)
 
 def _debug() -> bool:
     return os.environ.get("LLMRUN_DEBUG", "").lower() in ("1", "true", "yes")

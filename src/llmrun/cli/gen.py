@@ -16,7 +16,8 @@ from .output import OutputClosed
 
 if TYPE_CHECKING:
     from ..client import RemoteSession
-    from ..engine import Result, Sampling
+    from ..engine import Model, Result, Sampling
+    from ..registry import Entry
     from ..session import Session
 
     AnySession = Session | RemoteSession
@@ -112,7 +113,6 @@ def _sampling(f: Flags) -> Sampling:
 
 def open_session(model: str, f: Flags, *, system: str | None,
                  trim: bool = False) -> AnySession:
-    from ..engine import LoadOptions, Model
     from ..session import Session
 
     s = common.settings()
@@ -133,16 +133,30 @@ def open_session(model: str, f: Flags, *, system: str | None,
             default = getattr(entry.defaults, key)
             if getattr(f, key) is None and default is not None:
                 setattr(sampling, key, default)
-    opts = LoadOptions(n_ctx=f.ctx or s.ctx, n_gpu_layers=f.gpu_layers if f.gpu_layers is not None
-                       else s.gpu_layers, n_threads=f.threads or s.threads,
+    loaded = load_model(path, name, entry, ctx=f.ctx, gpu_layers=f.gpu_layers,
+                        threads=f.threads, verbose=f.verbose)
+    return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
+
+
+def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
+               gpu_layers: int | None, threads: int | None, verbose: bool) -> Model:
+    """Load a local model with the flags over LLMRUN_* settings; warnings and notices on
+    stderr (run, chat, bench)."""
+    from ..engine import LoadOptions, Model
+
+    s = common.settings()
+    opts = LoadOptions(n_ctx=ctx or s.ctx, n_gpu_layers=gpu_layers if gpu_layers is not None
+                       else s.gpu_layers, n_threads=threads or s.threads,
                        flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
                        state_dir=str(s.state_dir))
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
-                   debug=s.debug or f.verbose, name=name)
+                   debug=s.debug or verbose, name=name)
+    if loaded.notice:
+        output.notice(loaded.notice)
     if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
         output.warn("this llama-cpp-python build has no GPU support: running on the CPU "
                     "(see docs/gpu.md to build it with CUDA, Metal or Vulkan)")
-    if f.verbose:
+    if verbose:
         output.info(f"model: {path}\ncontext: {loaded.n_ctx} tokens, threads: {loaded.threads}, "
                     f"gpu layers: {loaded.gpu_layers} (offload supported: "
                     f"{'yes' if loaded.offload_supported else 'no'})")
@@ -150,9 +164,7 @@ def open_session(model: str, f: Flags, *, system: str | None,
         output.warn(f"context size capped at {loaded.n_ctx}, the context {name} was trained on")
     if loaded.memory_warning:
         output.warn(loaded.memory_warning)
-    if loaded.notice:
-        output.notice(loaded.notice)
-    return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
+    return loaded
 
 
 class StdoutSink:
