@@ -52,18 +52,26 @@ print("problems:", json.dumps(r["problems"], indent=1))
 PYEOF
 
 stamp "write a random-weight 1.1B F16 llama"
-$PY -m llmrun.tiny_model /tmp/r1b.gguf F16 --1b && ls -la /tmp/r1b.gguf
-
+$PY -m llmrun.tiny_model /tmp/r1b.gguf ${PROOF_MODEL_ARGS:-F16 --1b} && ls -la /tmp/r1b.gguf
+cat > /tmp/timings.py <<'PYEOF'
+import json, sys
+r = json.load(sys.stdin)
+t, u = r["timings"], r["usage"]
+n = u["completion_tokens"]
+print(f"{n} tokens; prompt {t['prompt_s']:.3f}s; generation {t['generation_s']:.3f}s = "
+      f"{(n - 1) / max(t['generation_s'], 1e-9):.1f} tokens/s; load {t['load_s']:.2f}s")
+PYEOF
+timings() { $PY /tmp/timings.py; }  # llmrun run --json on stdin -> one line of rates
 stamp "run --gpu-layers -1 (first run: the engine self-test, then the answer)"
-$LLMRUN run /tmp/r1b.gguf --raw --temperature 0 -n 128 -v --gpu-layers -1 "Once upon a time" \
-    > /tmp/gpu.out; echo "run exit: $?"; wc -c < /tmp/gpu.out
+$LLMRUN run /tmp/r1b.gguf --raw --temperature 0 -n 128 --json --gpu-layers -1 \
+    "Once upon a time" > /tmp/gpu.json; echo "run exit: $?"; timings < /tmp/gpu.json
 cat "$LLMRUN_HOME/state/native-check.json"
 stamp "run again (remembered) and on the CPU for comparison"
-$LLMRUN run /tmp/r1b.gguf --raw --temperature 0 -n 128 -v --gpu-layers -1 "Once upon a time" \
-    > /tmp/gpu2.out; echo "run exit: $?"
-cmp /tmp/gpu.out /tmp/gpu2.out && echo "same greedy output"
-$LLMRUN run /tmp/r1b.gguf --raw --temperature 0 -n 32 -v --gpu-layers 0 "Once upon a time" \
-    > /dev/null; echo "cpu run exit: $?"
+$LLMRUN run /tmp/r1b.gguf --raw --temperature 0 -n 128 --json --gpu-layers -1 \
+    "Once upon a time" > /tmp/gpu2.json; echo "run exit: $?"; timings < /tmp/gpu2.json
+$PY -c 'import json,sys; a,b=(json.load(open(f))["text"] for f in sys.argv[1:]); print("same greedy text:", a==b)' /tmp/gpu.json /tmp/gpu2.json
+$LLMRUN run /tmp/r1b.gguf --raw --temperature 0 -n 32 --json --gpu-layers 0 \
+    "Once upon a time" > /tmp/cpu.json; echo "cpu run exit: $?"; timings < /tmp/cpu.json
 
 stamp "serve + the official openai client"
 $LLMRUN import /tmp/r1b.gguf --name rand1b --link
@@ -89,15 +97,16 @@ for stream in (False, True):
                                  temperature=0)
         n = r.usage.completion_tokens
     dt = time.perf_counter() - t
-    print(f"serve {'stream' if stream else 'plain '}: {n} tokens in {dt:.2f}s = {n/dt:.1f} tokens/s")
+    what = "stream, chunks with text" if stream else "plain, completion tokens"
+    print(f"serve ({what}): {n} in {dt:.2f}s = {n / dt:.1f}/s")
 PYEOF
 echo "client exit: $?"
 kill $SERVE; wait $SERVE; echo "serve exit: $?"; tail -5 /tmp/serve.log
 
 stamp "bench"
-$LLMRUN bench /tmp/r1b.gguf --gpu-layers -1 -r 3 | tee "$OUTDIR/bench.txt"
-$LLMRUN bench /tmp/r1b.gguf --gpu-layers -1 -r 3 --json > "$OUTDIR/bench.json"
+$LLMRUN bench /tmp/r1b.gguf --gpu-layers -1 -r 3 ${BENCH_ARGS:-} | tee "$OUTDIR/bench.txt"
+$LLMRUN bench /tmp/r1b.gguf --gpu-layers -1 -r 3 ${BENCH_ARGS:-} --json > "$OUTDIR/bench.json"
 stamp "bench against llama.cpp's own loop"
-$PY bench/bench_vs_raw.py /tmp/r1b.gguf --gpu-layers -1 --rounds 3 \
+$PY bench/bench_vs_raw.py /tmp/r1b.gguf --gpu-layers -1 --rounds 3 ${BENCH_ARGS:-} \
     --label "random-weight 1.1B F16 llama, $(nvidia-smi --query-gpu=name --format=csv,noheader)"
 stamp "done"
