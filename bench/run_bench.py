@@ -157,6 +157,9 @@ def sh(args: list[str], env: dict[str, str], stdin: str | None = None) -> str:
     return proc.stdout
 
 
+KEEP_MARK = "<!-- run_bench.py rewrites what is above this line and keeps what is below -->"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -313,7 +316,10 @@ def main() -> None:
         "Generation tokens/s for llmrun counts the tokens after the first, over llama.cpp's "
         "own eval time (the first token's time is part of prompt processing).", "",
     ]
-    args.out.write_text("\n".join(lines))
+    kept = ""  # the sections other scripts write (bench_vs_raw.py, gpu_proof.sh) stay
+    if args.out.exists() and KEEP_MARK in args.out.read_text():
+        kept = args.out.read_text().split(KEEP_MARK, 1)[1]
+    args.out.write_text("\n".join(lines) + "\n" + KEEP_MARK + kept)
     print("\n".join(lines))
 
 

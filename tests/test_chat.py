@@ -10,6 +10,7 @@ import pexpect
 from conftest import GEMMA, Cli
 
 PROMPT = ">>>"  # prompt_toolkit draws the trailing space as a cursor move
+INPUT_DONE = "\x1b[?2004l"  # prompt_toolkit ends bracketed paste when it returns the input
 
 
 def _spawn(cli: Cli, *args: str, **extra_env: str) -> pexpect.spawn:
@@ -102,7 +103,8 @@ def test_ctrl_c_stops_the_reply_not_the_session(private_gemma_cli: Cli) -> None:
 def test_ctrl_d_exits_cleanly_and_continue_resumes(private_gemma_cli: Cli) -> None:
     child = _spawn(private_gemma_cli, "--temperature", "0", "-n", "8")
     child.sendline("Remember the word banana.")
-    child.expect_exact(PROMPT)
+    child.expect_exact(INPUT_DONE)  # the message was taken; then the next prompt, after the reply
+    child.expect_exact(PROMPT)  # (the prompt's redraws while typing come before INPUT_DONE)
     child.sendeof()
     child.expect(pexpect.EOF)
     child.close()

@@ -80,14 +80,15 @@ def test_a_preloaded_system_libstdcxx_is_found_and_remembered(private_gemma_cli:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert f"with {lib} loaded first" in proc.stderr
-    check = _one_check(cli)
-    assert check["config"] == {"extra_bufts": True, "preload": lib}
+    check = _one_check(cli)  # (on an AMX Xeon the extra buffer types go off as well)
+    assert check["config"]["preload"] == lib  # type: ignore[index]
     again = cli("run", GEMMA, *PROMPT, env=env)  # the remembered preload, in process
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
 
 
 def test_setting_forces_the_extra_buffer_types(private_gemma_cli: Cli) -> None:
     cli = private_gemma_cli
+    (cli.root / "home" / "state" / native_check.STATE_FILE).unlink(missing_ok=True)
     off = cli("run", GEMMA, *PROMPT, env={"LLMRUN_CPU_EXTRA_BUFFERS": "off"})
     assert off.returncode == 0 and off.stdout.strip(), off.stderr
     assert "Notice:" not in off.stderr
@@ -115,6 +116,7 @@ def test_chat_and_serve_answer_under_the_fallback(private_gemma_cli: Cli) -> Non
     child.expect_exact("Notice: llama.cpp crashed (SIGSEGV)")
     child.expect_exact(">>>")  # prompt_toolkit draws the trailing space as a cursor move
     child.sendline("Name a color.")
+    child.expect_exact("\x1b[?2004l")  # the message was taken (prompt_toolkit's paste mode off)
     child.expect_exact(">>>")
     reply = child.before or ""
     assert reply.replace("Name a color.", "").strip(), "no reply"
@@ -156,7 +158,9 @@ def test_self_test_writes_the_models_own_weight_types(tmp_path: Path, gemma_file
     assert {"F16", "Q4_0", "Q8_0"} <= set(gguf_file.read_info(plain).tensor_types)
     out = native_check.self_test(plain, ["F16", "Q4_0", "Q8_0"], {}, mode="auto", gpu=False,
                                  threads=None, flash_attn=None)
-    assert [a.outcome for a in out.attempts] == ["ok"]
+    *crashes, last = [a.outcome for a in out.attempts]
+    assert last == "ok"
+    assert crashes in ([], ["SIGSEGV"])  # SIGSEGV: an AMX Xeon, whose AMX kernel takes Q4_0
 
 
 def test_fingerprint_follows_the_build_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,14 +203,16 @@ def test_doctor_json_offline_within_seconds(cli: Cli) -> None:
     assert took < 20, f"doctor took {took:.1f}s with an unreachable Hub"
     report = json.loads(proc.stdout)
     assert set(report) == DOCTOR_KEYS
-    assert report["ok"] is True and report["problems"] == []
+    assert report["ok"] is True
+    st = report["self_test"]
+    crashed_first = st["attempts"][0]["outcome"] != "ok"  # an AMX Xeon: a warning, with its fix
+    assert [p["severity"] for p in report["problems"]] == (["warning"] if crashed_first else [])
     assert report["hub"]["endpoint"] == endpoint
     assert report["hub"]["reachable"] is False
     assert report["token"] == {"configured": True, "source": "HF_TOKEN"}
     assert "hf_doctorsecret123456" not in proc.stdout + proc.stderr
-    st = report["self_test"]
     assert st["works"] is True and st["types"] == ["F16", "Q4_0", "Q8_0"]
-    assert st["attempts"][0]["outcome"] == "ok"
+    assert st["attempts"][-1]["outcome"] == "ok"
     assert report["llama_cpp_python"] and report["build"]["system_info"]
     assert report["paths"]["llmrun_home"] == cli.env["LLMRUN_HOME"]
     assert report["paths"]["hf_cache"] == cli.env["HF_HUB_CACHE"]
