@@ -110,6 +110,8 @@ def test_verbose_prints_timings_on_stderr(gemma_cli: Cli) -> None:
     for label in ("load duration", "prompt eval rate", "eval count:", "eval rate"):
         assert label in proc.stderr
     assert "eval rate" not in proc.stdout
+    _clean(proc.stderr)  # the timing block, not llama.cpp's loader log (LLMRUN_DEBUG=1's)
+    assert len(proc.stderr.splitlines()) < 15, proc.stderr
 
 
 def test_prompt_longer_than_context_exits_5(gemma_cli: Cli) -> None:

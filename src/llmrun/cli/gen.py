@@ -150,7 +150,7 @@ def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
                        flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
                        state_dir=str(s.state_dir))
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
-                   debug=s.debug or verbose, name=name)
+                   debug=s.debug, name=name)  # -v is the timing block; the log is debug's
     if loaded.notice:
         output.notice(loaded.notice)
     if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
