@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,28 +15,53 @@ from .engine import Result, Sampling
 from .errors import AuthError, ContextOverflow, LlmrunError, NetworkError, NotFound, UsageError
 from .session import Message, Turn
 
+EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty")  # llama.cpp/vLLM fields, not OpenAI's
 
-def _error(status: int, body: str, url: str) -> LlmrunError:
+
+def _message(body: str, status: int) -> str:
+    """The server's error message, on one line."""
     try:
         err = json.loads(body).get("error", {})
         message = err.get("message") if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        message = body
+    return " ".join(str(message or f"HTTP {status}").split())[:300]
+
+
+def _error(status: int, body: str, url: str) -> LlmrunError:
+    """A server's refusal as llmrun's error: the server's own message, and an exit code that
+    says whose fault it is (a rejected request is not a network fault)."""
+    try:
+        err = json.loads(body).get("error", {})
         code = err.get("code") if isinstance(err, dict) else None
     except (ValueError, AttributeError):
-        message, code = body[:200], None
-    message = f"{url}: {message or f'HTTP {status}'}"
+        code = None
+    message = f"{url}: {_message(body, status)}"
     if status == 401 or status == 403:
         return AuthError(message, hint="pass --api-key or set LLMRUN_API_KEY")
     if status == 404:
         return NotFound(message, hint="GET /v1/models on the server lists its models")
     if code == "context_length_exceeded":
         return ContextOverflow(message, hint="shorten the input")
-    if status in (400, 422):
-        return UsageError(message)
-    return NetworkError(message, hint="re-run to retry" if status >= 500 else None)
+    if status in (408, 429, 502, 503, 504):
+        return NetworkError(message, hint="re-run to retry")
+    if 400 <= status < 500:
+        return UsageError(message)  # the server refused this request: exit 2
+    return LlmrunError(f"{message} (HTTP {status})")  # the server failed: exit 1
+
+
+def base_url(endpoint: str) -> str:
+    """The server's root: the base URL that OpenAI's and vLLM's docs print ends in /v1, and
+    llmrun's request paths start with it, so a trailing /v1 (or /v1/) is taken off."""
+    url = endpoint.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 @dataclass
 class RemoteSession:
+    """``overrides`` holds only what the user set (the server's and the model's own defaults
+    apply to the rest): temperature, top_p, top_k, min_p, repeat_penalty, seed."""
+
     endpoint: str
     model_name: str
     sampling: Sampling
@@ -44,21 +69,27 @@ class RemoteSession:
     system: str | None = None
     raw: bool = False
     trim: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    warn: Callable[[str], None] | None = None
     messages: list[Message] = field(default_factory=list)
     last: Result | None = None
+    _dropped: set[str] = field(default_factory=set)  # extra fields this server refused
+    _schema_as_object: bool = False  # the server takes a schema only with json_object
 
     def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
         s = self.sampling
         body: dict[str, Any] = {
             "model": self.model_name, "stream": True,
-            "stream_options": {"include_usage": True}, "temperature": s.temperature,
-            "top_p": s.top_p, "seed": s.seed, "max_tokens": s.max_tokens,
+            "stream_options": {"include_usage": True}, "max_tokens": s.max_tokens,
+            **{k: v for k, v in self.overrides.items() if k not in self._dropped},
         }
         if s.stop:
             body["stop"] = s.stop
         if s.json_schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "output", "schema": s.json_schema, "strict": True}}
+            body["response_format"] = (
+                {"type": "json_object", "schema": s.json_schema} if self._schema_as_object
+                else {"type": "json_schema", "json_schema": {
+                    "name": "output", "schema": s.json_schema, "strict": True}})
         elif s.json_any:
             body["response_format"] = {"type": "json_object"}
         body = {k: v for k, v in body.items() if v is not None}
@@ -68,47 +99,76 @@ class RemoteSession:
         return "/v1/chat/completions", {**body, "messages": head + self.messages}
 
     def ask(self, text: str) -> Turn:
-        result = self.last = Result()
+        result = self.last = Result(usage_known=False)
         if not self.raw:
             self.messages.append({"role": "user", "content": text})
-        path, body = self._payload(text)
-        return Turn(self._stream(path, body, result), result)
+        return Turn(self._stream(text, result), result)
 
-    def _stream(self, path: str, body: dict[str, Any], result: Result) -> Iterator[str]:
+    def _open(self, client: Any, text: str) -> Any:
+        """Send the request; on a refusal, adapt once to what this server takes (a schema as
+        json_object, no llama.cpp sampling fields) and send it again."""
+        url = base_url(self.endpoint)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        for _attempt in range(3):
+            path, body = self._payload(text)
+            request = client.build_request("POST", url + path, json=body, headers=headers)
+            resp = client.send(request, stream=True)
+            if resp.status_code == 200:
+                return resp
+            error_body = resp.read().decode("utf-8", "replace")
+            resp.close()
+            if resp.status_code not in (400, 422, 500):
+                break
+            said = _message(error_body, resp.status_code)
+            refused = [k for k in EXTRA_SAMPLING if k in body and k in said]
+            if refused:
+                self._dropped.update(refused)
+                if self.warn is not None:
+                    self.warn(f"the server does not take {', '.join(refused)}; sent without")
+                continue
+            if (self.sampling.json_schema is not None and not self._schema_as_object
+                    and ("response_format" in said or "json_schema" in said)):
+                self._schema_as_object = True  # llama-cpp-python's server, for one
+                continue
+            break
+        raise _error(resp.status_code, error_body, url + path)
+
+    def _stream(self, text: str, result: Result) -> Iterator[str]:
         import httpx
 
-        url = self.endpoint.rstrip("/") + path
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         start = time.perf_counter()
         first: float | None = None
         try:
-            with httpx.stream("POST", url, json=body, headers=headers,
-                              timeout=httpx.Timeout(30.0, read=600.0)) as resp:
-                if resp.status_code != 200:
-                    raise _error(resp.status_code, resp.read().decode("utf-8", "replace"), url)
-                for line in resp.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise _error(500, data, url)
-                    if chunk.get("usage"):
-                        result.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
-                        result.completion_tokens = chunk["usage"].get("completion_tokens", 0)
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content") if not self.raw \
-                            else choice.get("text")
-                        if piece:
-                            first = first or time.perf_counter()
-                            result.text += piece
-                            yield piece
-                        if choice.get("finish_reason"):
-                            result.finish_reason = choice["finish_reason"]
+            with httpx.Client(timeout=httpx.Timeout(30.0, read=600.0)) as client:
+                resp = self._open(client, text)
+                try:
+                    for line in resp.iter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        chunk = json.loads(data)
+                        if "error" in chunk:
+                            raise _error(500, data, str(resp.url))
+                        usage = chunk.get("usage")
+                        if isinstance(usage, dict) and "completion_tokens" in usage:
+                            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                            result.completion_tokens = int(usage["completion_tokens"])
+                            result.usage_known = True
+                        for choice in chunk.get("choices") or []:
+                            piece = (choice.get("delta") or {}).get("content") if not self.raw \
+                                else choice.get("text")
+                            if piece:
+                                first = first or time.perf_counter()
+                                result.text += piece
+                                yield piece
+                            if choice.get("finish_reason"):
+                                result.finish_reason = choice["finish_reason"]
+                finally:
+                    resp.close()
         except httpx.HTTPError as exc:
-            raise NetworkError(f"cannot reach {url}: {type(exc).__name__}",
+            raise NetworkError(f"cannot reach {base_url(self.endpoint)}: {type(exc).__name__}",
                                hint="is the server running? check --endpoint") from None
         finally:
             now = time.perf_counter()

@@ -65,13 +65,16 @@ class Result:
     prompt_s: float = 0.0
     gen_s: float = 0.0
     prompt_evaluated: int = 0  # tokens actually evaluated (fewer when the KV prefix is reused)
+    usage_known: bool = True  # False: a remote server did not say (client mode)
 
     def as_dict(self) -> dict[str, Any]:
+        known = self.usage_known
         return {
             "text": self.text, "finish_reason": self.finish_reason,
-            "usage": {"prompt_tokens": self.prompt_tokens,
-                      "completion_tokens": self.completion_tokens,
-                      "total_tokens": self.prompt_tokens + self.completion_tokens},
+            "usage": {"prompt_tokens": self.prompt_tokens if known else None,
+                      "completion_tokens": self.completion_tokens if known else None,
+                      "total_tokens": self.prompt_tokens + self.completion_tokens if known
+                      else None},
             "timings": {"load_s": round(self.load_s, 4), "prompt_s": round(self.prompt_s, 4),
                         "generation_s": round(self.gen_s, 4),
                         "prompt_tokens_evaluated": self.prompt_evaluated},

@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     AnySession = Session | RemoteSession
 
 Temperature = Annotated[float | None, typer.Option(
-    "--temperature", min=0.0, max=5.0, help="0 = greedy (deterministic)")]
+    "--temperature", min=0.0, max=2.0, help="0 = greedy (deterministic); at most 2, as in "
+    "OpenAI's API and `llmrun serve`")]
 TopP = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)]
-TopK = Annotated[int | None, typer.Option("--top-k", min=0)]
+TopK = Annotated[int | None, typer.Option("--top-k", min=0, max=1000)]
 MinP = Annotated[float | None, typer.Option("--min-p", min=0.0, max=1.0)]
-RepeatPenalty = Annotated[float | None, typer.Option("--repeat-penalty", min=0.0, max=5.0)]
+RepeatPenalty = Annotated[float | None, typer.Option("--repeat-penalty", min=0.01, max=5.0)]
 Seed = Annotated[int | None, typer.Option("--seed", min=0)]
 MaxTokens = Annotated[int | None, typer.Option("--max-tokens", "-n", min=1,
                                                help="stop after N tokens")]
@@ -122,8 +123,12 @@ def open_session(model: str, f: Flags, *, system: str | None,
 
         if not endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+        overrides = {k: getattr(f, k) for k in (*_SAMPLING_KEYS, "seed")
+                     if getattr(f, k) is not None}  # only what the user set: the server's
+        # and the model's own defaults stand for the rest
         return RemoteSession(endpoint, model, _sampling(f), f.api_key or s.api_key,
-                             system=system, raw=f.raw, trim=trim)
+                             system=system, raw=f.raw, trim=trim, overrides=overrides,
+                             warn=output.warn)
     if f.raw and system:
         raise UsageError("--system has no effect with --raw (no chat template is used)")
     sampling = _sampling(f)  # validate flags before a pull or a load
@@ -218,13 +223,16 @@ def answer(session: AnySession, prompt: str, sink: StdoutSink | None) -> Result:
 
 def print_timings(r: Result) -> None:
     def rate(n: int, s: float) -> str:
-        return f"{n / s:.2f} tokens/s" if s > 0 else "-"
+        return f"{n / s:.2f} tokens/s" if s > 0 and r.usage_known else "-"
 
+    prompt = f"{r.prompt_tokens} token(s) ({r.prompt_evaluated} evaluated)" if r.usage_known \
+        else "unknown (the server did not say)"
     output.info(
         f"load duration:        {r.load_s:.3f}s\n"
-        f"prompt eval count:    {r.prompt_tokens} token(s) ({r.prompt_evaluated} evaluated)\n"
+        f"prompt eval count:    {prompt}\n"
         f"prompt eval duration: {r.prompt_s:.3f}s\n"
         f"prompt eval rate:     {rate(r.prompt_evaluated, r.prompt_s)}\n"
-        f"eval count:           {r.completion_tokens} token(s)\n"
+        f"eval count:           "
+        f"{f'{r.completion_tokens} token(s)' if r.usage_known else 'unknown'}\n"
         f"eval duration:        {r.gen_s:.3f}s\n"
         f"eval rate:            {rate(r.completion_tokens, r.gen_s)}")

@@ -120,7 +120,7 @@ class GenerateRequest(_Req):
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0, le=1000)  # llama.cpp extensions
     min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0, le=5)
+    repeat_penalty: float | None = Field(None, ge=0.01, le=5)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
