@@ -15,8 +15,11 @@ def test_version_and_help(cli: Cli) -> None:
         helped = cli(flag)
         assert helped.returncode == 0
         for command in ("run", "chat", "pull", "list", "show", "rm", "serve", "catalog",
-                        "import", "verify", "prune"):
+                        "import", "verify", "prune", "doctor", "bench"):
             assert f"  {command} " in helped.stdout
+        text = " ".join(helped.stdout.split())
+        assert ("Exit codes: 0 ok, 1 error, 2 usage, 3 model not found, 4 download/network, "
+                "5 model load or context, 130 interrupted.") in text
 
 
 def test_help_does_not_import_heavy_libraries(cli: Cli) -> None:
@@ -48,3 +51,18 @@ def test_debug_shows_a_traceback(cli: Cli) -> None:
     assert quiet.returncode == 3 and "Traceback" not in quiet.stderr
     loud = cli("verify", "no-such-model:1b", env={"LLMRUN_DEBUG": "1"})
     assert loud.returncode == 3 and "Traceback" in loud.stderr
+
+
+def test_a_mistyped_tag_gets_did_you_mean(cli: Cli) -> None:
+    proc = cli("run", "gemma3:270m-bse", "--no-pull", "hi")
+    assert proc.returncode == 3
+    assert "did you mean gemma3:270m-base" in proc.stderr
+
+
+def test_catalog_with_no_match_says_so(cli: Cli) -> None:
+    proc = cli("catalog", "zzz-no-such-model")
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert "no model in the registry matches 'zzz-no-such-model'" in proc.stderr
+    listed = cli("catalog")  # the hint's command works
+    assert listed.returncode == 0 and "gemma3:270m-base" in listed.stdout
+

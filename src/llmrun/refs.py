@@ -100,9 +100,11 @@ def _registry_lookup(text: str, registry: Registry) -> RegistryRef | None:
             for q in entry.quants:
                 if q.lower() == quant.lower():
                     return RegistryRef(name, entry, q)
+            close = difflib.get_close_matches(text, registry.names, n=3, cutoff=0.8)
             raise NotFound(
                 f"{name} has no quant {quant!r}",
-                hint="available: " + ", ".join(q.lower() for q in entry.quants),
+                hint=("did you mean " + ", ".join(close) + "? " if close else "")
+                + "quants of " + name + ": " + ", ".join(q.lower() for q in entry.quants),
             )
         base, sep, rest = base.rpartition("-")
         quant = rest + "-" + quant

@@ -29,6 +29,8 @@ from .verify import verify_cmd
 app = typer.Typer(
     name="llmrun",
     help="Run open large language models locally.",
+    epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 model not found, 4 download/network, "
+           "5 model load or context, 130 interrupted. `llmrun doctor` checks this machine.",
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     no_args_is_help=True,

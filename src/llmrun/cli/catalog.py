@@ -28,6 +28,12 @@ def catalog_cmd(
                      "quant": e.default_quant, "size": size, "license": e.license,
                      "pulled": name in pulled, "fits": None if size is None else size * 1.2 < ram,
                      "quants": list(e.quants), "repo": e.repo})
+    if term and not rows:
+        from ..errors import NotFound
+
+        raise NotFound(f"no model in the registry matches {term!r}",
+                       hint="`llmrun catalog` lists them all; any GGUF on the Hub works as "
+                            "hf.co/ORG/REPO")
     if as_json:
         output.write_json(rows)
         return
