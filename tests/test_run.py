@@ -237,3 +237,17 @@ def test_verbose_names_the_device(gemma_cli: Cli) -> None:
     assert proc.returncode == 0
     assert "gpu layers: 0 (offload supported: no)" in proc.stderr
     assert "no GPU support" in proc.stderr
+
+
+def test_a_base_model_gets_a_token_limit_and_chat_a_warning(gemma_cli: Cli) -> None:
+    proc = gemma_cli("run", GEMMA, "--raw", *GREEDY, "--json", "Once upon a time")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["usage"]["completion_tokens"] == 256 and result["finish_reason"] == "length"
+    assert "is a base model and does not stop by itself: at most 256 tokens" in proc.stderr
+    chat = gemma_cli("chat", GEMMA, *GREEDY, "-n", "4", input="Hello\n")
+    assert chat.returncode == 0, chat.stderr
+    assert f"{GEMMA} is a base model (not instruction-tuned)" in chat.stderr
+    assert f"`llmrun run {GEMMA} --raw" in chat.stderr
+    hinted = gemma_cli("run", GEMMA, "--raw", "-n", "4", "TEXT")  # the command it names works
+    assert hinted.returncode == 0 and hinted.stdout.strip()

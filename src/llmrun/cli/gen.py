@@ -91,6 +91,7 @@ def _schema(value: str | None) -> dict[str, Any] | None:
     return schema
 
 
+BASE_MODEL_LIMIT = 256  # tokens: a base model runs on until the context is full otherwise
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 
 
@@ -140,6 +141,15 @@ def open_session(model: str, f: Flags, *, system: str | None,
                 setattr(sampling, key, default)
     loaded = load_model(path, name, entry, ctx=f.ctx, gpu_layers=f.gpu_layers,
                         threads=f.threads, verbose=f.verbose)
+    if entry is not None and not entry.instruct:  # the registry knows it is a base model
+        if not f.raw:
+            output.warn(f"{name} is a base model (not instruction-tuned): it continues text "
+                        f"rather than answering; `llmrun run {name} --raw \"TEXT\"` is plain "
+                        "completion")
+        if f.max_tokens is None:
+            sampling.max_tokens = BASE_MODEL_LIMIT
+            output.notice(f"{name} is a base model and does not stop by itself: at most "
+                          f"{BASE_MODEL_LIMIT} tokens per answer (-n N to change)")
     return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
 
 
