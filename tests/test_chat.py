@@ -200,3 +200,14 @@ def test_markdown_flag_is_plain_text_in_a_pipe(gemma_cli: Cli) -> None:
     assert marked.returncode == 0, marked.stderr
     assert "**Bananas**" in marked.stdout and marked.stdout == plain.stdout
     assert "\x1b[" not in marked.stdout
+
+
+def test_chat_without_a_template_names_a_command_that_works(gemma_cli: Cli,
+                                                            gemma_file: Path) -> None:
+    proc = gemma_cli("chat", str(gemma_file), input="hi\n")
+    assert proc.returncode == 5
+    assert f"Error: {gemma_file} has no chat template, which chat needs" in proc.stderr
+    hint = f'plain completion needs none: llmrun run {gemma_file} --raw "TEXT"'
+    assert hint in proc.stderr
+    ran = gemma_cli("run", str(gemma_file), "--raw", "-n", "3", "TEXT")
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr

@@ -38,7 +38,16 @@ def chat_cmd(
     session = gen.open_session(model, flags, system=system, trim=True)
     local = getattr(session, "model", None)
     if local is not None:
-        local.template  # noqa: B018 - fail now, before the first message, if none
+        from ..errors import TemplateError
+
+        try:
+            local.template  # noqa: B018 - fail now, before the first message, if none
+        except TemplateError as exc:
+            if exc.message != "model has no chat template":
+                raise
+            raise TemplateError(f"{model} has no chat template, which chat needs",
+                                hint=f"plain completion needs none: llmrun run {model} --raw "
+                                     '"TEXT"') from None
     last = common.settings().home / "chats" / "last.json"
     if resume and last.is_file():
         session.load(last)

@@ -52,9 +52,7 @@ __all__ = [
     "stop_strings",
 ]
 
-_NO_TEMPLATE_HINT = (
-    "use --raw for plain completion, or set chat_format for it in $LLMRUN_HOME/models.yaml"
-)
+_NO_TEMPLATE_HINT = "add --raw for plain completion, which needs no template"
 
 
 def resolve_template(gguf_template: str | None, registry_format: str | None) -> tuple[str, str]:
