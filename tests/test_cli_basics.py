@@ -66,3 +66,10 @@ def test_catalog_with_no_match_says_so(cli: Cli) -> None:
     listed = cli("catalog")  # the hint's command works
     assert listed.returncode == 0 and "gemma3:270m-base" in listed.stdout
 
+
+
+def test_a_missing_local_file_is_not_called_damaged(cli: Cli) -> None:
+    proc = cli("run", str(cli.root / "missing.gguf"), "--raw", "hi")
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("Error: model file not found:")
+    assert "damaged" not in proc.stderr and "Hint" not in proc.stderr

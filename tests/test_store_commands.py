@@ -75,6 +75,26 @@ def test_verify_catches_bit_rot(private_gemma_cli: Cli) -> None:
     bad = cli("verify", GEMMA)
     assert bad.returncode == 4
     assert bad.stdout.startswith("MISMATCH") and "failed verification" in bad.stderr
+    assert f"Hint: repair with: llmrun pull --force {GEMMA}" in bad.stderr
+
+
+def test_verify_of_a_changed_linked_import_names_a_repair_that_works(cli: Cli,
+                                                                    gemma_file: Path,
+                                                                    tmp_path: Path) -> None:
+    mine = tmp_path / "mine.gguf"
+    mine.write_bytes(gemma_file.read_bytes())
+    assert cli("import", str(mine), "--name", "mine", "--link").returncode == 0
+    data = bytearray(mine.read_bytes())
+    data[GEMMA_SIZE // 2] ^= 0x01  # the user changed the file (or it rotted) in place
+    mine.write_bytes(bytes(data))
+    bad = cli("verify", "mine")
+    assert bad.returncode == 4
+    hint = bad.stderr.split("Hint: repair with: ", 1)[1].strip()
+    assert hint == f"llmrun rm -y mine && llmrun import {mine.resolve()} --name mine --link"
+    for step in hint.split(" && "):
+        done = cli(*step.split()[1:])
+        assert done.returncode == 0, (step, done.stderr)
+    assert cli("verify", "mine").returncode == 0
 
 
 def test_rm_asks_dry_runs_and_frees(private_gemma_cli: Cli) -> None:

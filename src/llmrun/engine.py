@@ -257,7 +257,7 @@ class Model:
         self._pieces_thread: threading.Thread | None = None
         self._closing = False
         hint = (f"run `llmrun pull --force {name}`" if name and name != path.name
-                else "the file is damaged or not a GGUF model")
+                else "")  # a path of the user's: the message says what is wrong with it
         self.info = gguf_file.read_info(path, hint=hint)  # validated before native code sees it
         parts = [path]
         if self.info.split_count and self.info.split_count > 1:

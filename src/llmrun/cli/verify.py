@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ def verify_cmd(
         common.imported(n) or store.require(_name(n)) for n in names]
     bad: list[str] = []
     broken: list[str] = []
+    fixes: dict[str, str] = {}  # name -> the command that repairs it
     for m in manifests:
         for f in m.files:
             path = Path(f.local)
@@ -34,11 +36,19 @@ def verify_cmd(
             if status != "ok":
                 bad.append(f"{m.name}: {f.path}")
                 broken.append(m.name)
+                if m.kind == "import":  # import it again, from where it was imported
+                    linked = m.source == "link"
+                    fixes[m.name] = (f"llmrun rm -y {m.name} && llmrun import "
+                                     f"{shlex.quote(f.local) if linked else 'FILE'} "
+                                     f"--name {m.name}"
+                                     + (" --link" if linked else ""))
             output.write(f"{status}\t{m.name}\t{f.path}\n")
     if bad:
+        pulled = [n for n in dict.fromkeys(broken) if n not in fixes]
+        repairs = ([f"llmrun pull --force {' '.join(pulled)}"] if pulled else []) + [
+            fixes[n] for n in dict.fromkeys(broken) if n in fixes]
         raise ChecksumMismatch(f"{len(bad)} file(s) failed verification: {bad[0]}",
-                               hint="repair with `llmrun pull --force "
-                                    + " ".join(dict.fromkeys(broken)) + "` (imports: import again)")
+                               hint="repair with: " + "; ".join(repairs))
 
 
 def _name(text: str) -> str:
