@@ -41,9 +41,14 @@ def test_usage_errors_exit_2_without_traceback(cli: Cli) -> None:
 
 
 def test_bad_setting_is_one_line(cli: Cli) -> None:
-    proc = cli("list", env={"LLMRUN_RETRIES": "-3"})
-    assert proc.returncode == 2 and "LLMRUN_" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    """Only a command that reads the bad setting fails, with one line naming it."""
+    unaffected = cli("list", env={"LLMRUN_PORT": "abc"})
+    assert unaffected.returncode == 0, unaffected.stderr
+    proc = cli("serve", env={"LLMRUN_PORT": "abc"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Error: invalid LLMRUN_PORT='abc': Input should be a valid integer, unable to parse "
+        "string as an integer"]
 
 
 def test_debug_shows_a_traceback(cli: Cli) -> None:

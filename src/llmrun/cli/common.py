@@ -15,15 +15,47 @@ if TYPE_CHECKING:  # imported lazily: pydantic and yaml are not needed for --hel
     from ..store import Manifest, Store
 
 
+class _Partial:
+    """Settings with some LLMRUN_* values invalid: the valid ones read as usual, a bad one
+    raises its one-line UsageError when a command reads it (so `LLMRUN_PORT=abc` stops
+    `serve`, not `list`)."""
+
+    def __init__(self, good: Settings, bad: dict[str, str]) -> None:
+        self._good, self._bad = good, bad
+
+    def __getattr__(self, name: str) -> object:
+        if name in self._bad:
+            raise UsageError(self._bad[name])
+        return getattr(self._good, name)
+
+
 @lru_cache(maxsize=1)
 def settings() -> Settings:
+    import os
+    from typing import cast
+
+    from pydantic import ValidationError
+
     from ..settings import Settings
 
     try:
         return Settings()
-    except Exception as exc:  # pydantic ValidationError: a bad LLMRUN_* value
-        first = str(exc).splitlines()
-        raise UsageError("invalid LLMRUN_* setting: " + " ".join(first[:3])) from None
+    except ValidationError as exc:  # a bad LLMRUN_* value
+        bad: dict[str, str] = {}
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = f"LLMRUN_{field.upper()}"
+            bad[field] = (f"invalid {var}={os.environ.get(var, '')!r}: "
+                          + " ".join(str(err["msg"]).split()))
+        saved = {f"LLMRUN_{f.upper()}": os.environ.pop(f"LLMRUN_{f.upper()}", None)
+                 for f in bad}
+        try:
+            good = Settings()
+        except ValidationError:
+            raise UsageError(next(iter(bad.values()))) from None
+        finally:
+            os.environ.update({k: v for k, v in saved.items() if v is not None})
+        return cast("Settings", _Partial(good, bad))
 
 
 @lru_cache(maxsize=1)
