@@ -463,3 +463,18 @@ def test_memory_warning_and_disk_refusal(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(sh, "disk_usage", lambda p: usage(ram, 0, ram // 2))
     with pytest.raises(DiskFull, match=r"need .* have"):
         pull.check_space(plan, tmp_path / "blobs", Events())  # type: ignore[arg-type]
+
+
+def test_an_untagged_reference_means_the_default_quant(hcli: Cli, hub: HubDouble) -> None:
+    """Only :Q8_0 is pulled: `pull hf.co/REPO` still fetches the default Q4_K_M (llama.cpp's
+    -hf rule); a run of the untagged name may use the pulled quant, and says which."""
+    assert hcli("pull", f"hf.co/{REPO}:Q8_0").returncode == 0
+    assert not _gets(hub, Q4)
+    used = hcli("run", f"hf.co/{REPO}", "--no-pull", "--raw", "hi")  # (random bytes: exit 5)
+    assert f"using hf.co/{REPO}:Q8_0, the quant of hf.co/{REPO} that is pulled" in used.stderr
+    proc = hcli("pull", f"hf.co/{REPO}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"hf.co/{REPO}:Q4_K_M" in proc.stderr
+    assert len(_gets(hub, Q4)) == 1 and _blob(hcli.root, _data(1)).exists()
+    again = hcli("pull", f"hf.co/{REPO}")  # now present: nothing fetched
+    assert again.returncode == 0 and len(_gets(hub, Q4)) == 1

@@ -159,9 +159,13 @@ def _gb(n: int) -> str:
 
 def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -> Manifest:
     from . import hub
+    from .refs import HubRef
 
     store = Store(settings.home)
-    if not force:  # already pulled: no network at all (works offline)
+    # already pulled: no network at all (works offline). An untagged Hub reference means the
+    # default quant, as with llama.cpp's -hf: another quant of the repo being present does
+    # not count, so the plan (which asks the Hub) decides
+    if not force and not (isinstance(ref, HubRef) and ref.quant is None):
         existing = store.find(ref)
         if existing is not None:
             return existing

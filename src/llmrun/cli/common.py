@@ -104,6 +104,13 @@ def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:
         if isinstance(ref, LocalRef):
             return ref.path, ref.path.name, None
         manifest = find_pulled(ref)
+        from ..refs import HubRef
+
+        if manifest is not None and isinstance(ref, HubRef) and ref.quant is None:
+            from . import output
+
+            output.info(f"using {manifest.name}, the quant of {ref.display} that is pulled "
+                        f"(`llmrun pull {ref.display}` fetches the default one)")
     if manifest is None:
         assert ref is not None
         if no_pull:
