@@ -116,7 +116,7 @@ def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:
         if no_pull:
             raise ModelNotPulled(f"model {text!r} is not pulled", hint=f"llmrun pull {text}")
         from ..pull import pull
-        from .pull import PullEvents
+        from .progress import PullEvents
 
         events = PullEvents(quiet=False)
         try:

@@ -122,26 +122,26 @@ class Pool:
         for slot in list(self._slots.values()):
             await self._close(slot, timeout=10.0)
 
-    # ---- worker callbacks (on the loop) ----------------------------------------------
-    def _loaded(self, slot: Slot, seconds: float) -> None:
+    # ---- worker.SlotEvents: what a slot's thread reports (on the loop) ---------------
+    def loaded(self, slot: Slot, seconds: float) -> None:
         slot.loaded = True
         log.info("loaded %s in %.2fs", slot.spec.name, seconds)
 
-    def _load_failed(self, slot: Slot, error: BaseException) -> None:
+    def load_failed(self, slot: Slot, error: BaseException) -> None:
         log.warning("could not load %s: %s", slot.spec.name, error)
         self._forget(slot)
 
-    def _crashed(self, slot: Slot, error: BaseException) -> None:
+    def crashed(self, slot: Slot, error: BaseException) -> None:
         log.error("%s", getattr(error, "message", error))
         self._forget(slot)  # jobs already queued fail fast; new ones load the model afresh
 
-    def _started(self, slot: Slot, job: Job) -> None:
+    def started(self, slot: Slot, job: Job) -> None:
         slot.running = True
         if job.state == "queued":
             job.state = "running"
             slot.waiting -= 1
 
-    def _finished(self, slot: Slot, job: Job) -> None:
+    def finished(self, slot: Slot, job: Job) -> None:
         if job.state == "queued":
             slot.waiting -= 1
         job.state = "finished"

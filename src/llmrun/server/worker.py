@@ -16,13 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..engine import LoadOptions, Result, Sampling
 from ..errors import LlmrunError, ModelError
-
-if TYPE_CHECKING:
-    from .models import Pool
 
 log = logging.getLogger("llmrun.server")
 
@@ -131,11 +128,25 @@ class Job:
             self.cancelled.set()
 
 
+class SlotEvents(Protocol):
+    """What a Slot needs from its owner (the Pool): ``load`` runs on the slot's thread, the
+    rest are called on the event loop, in this order: loaded or load_failed, then started and
+    finished for each job, crashed when the model process dies."""
+
+    def load(self, spec: ModelSpec) -> Engine: ...
+    def loaded(self, slot: Slot, seconds: float) -> None: ...
+    def load_failed(self, slot: Slot, error: BaseException) -> None: ...
+    def started(self, slot: Slot, job: Job) -> None: ...
+    def finished(self, slot: Slot, job: Job) -> None: ...
+    def crashed(self, slot: Slot, error: BaseException) -> None: ...
+
+
 class Slot:
     """One model, the thread that owns it, and its queue."""
 
-    def __init__(self, pool: Pool, spec: ModelSpec, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool, self.spec, self._loop = pool, spec, loop
+    def __init__(self, owner: SlotEvents, spec: ModelSpec,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.owner, self.spec, self._loop = owner, spec, loop
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.waiting = 0  # admitted, not started
         self.active = 0  # admitted, not finished
@@ -153,34 +164,34 @@ class Slot:
         start = time.perf_counter()
         try:
             with _NATIVE:
-                engine = self.pool.load(self.spec)
+                engine = self.owner.load(self.spec)
         except Exception as exc:
             error = exc if isinstance(exc, LlmrunError) else ModelError(
                 f"could not load {self.spec.name}: {exc}")
-            self._call(self.pool._load_failed, self, error)
+            self._call(self.owner.load_failed, self, error)
             while (job := self.jobs.get()) is not None:
                 job.post(Failed(error))
-                self._call(self.pool._finished, self, job)
+                self._call(self.owner.finished, self, job)
             return
         if warning := getattr(engine, "memory_warning", None):
             log.warning("%s", warning)
         if notice := getattr(engine, "notice", None):
             log.warning("%s", notice)
-        self._call(self.pool._loaded, self, time.perf_counter() - start)
+        self._call(self.owner.loaded, self, time.perf_counter() - start)
         crashed = False
         while (job := self.jobs.get()) is not None:
             if job.cancelled.is_set():
                 job.post(Done(Result(), cancelled=True))
             else:
-                self._call(self.pool._started, self, job)
+                self._call(self.owner.started, self, job)
                 try:
                     self._execute(engine, job)
                 except Exception as exc:
                     job.post(Failed(exc))
                     if getattr(engine, "dead", False) and not crashed:
                         crashed = True  # the model's process is gone: a new request reloads
-                        self._call(self.pool._crashed, self, exc)
-            self._call(self.pool._finished, self, job)
+                        self._call(self.owner.crashed, self, exc)
+            self._call(self.owner.finished, self, job)
         with _NATIVE:
             close = getattr(engine, "close", None)
             del engine
