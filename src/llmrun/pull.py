@@ -165,8 +165,18 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     # already pulled: no network at all (works offline). An untagged Hub reference means the
     # default quant, as with llama.cpp's -hf: another quant of the repo being present does
     # not count, so the plan (which asks the Hub) decides
-    if not force and not (isinstance(ref, HubRef) and ref.quant is None):
-        existing = store.find(ref)
+    if not force:
+        if isinstance(ref, HubRef) and ref.quant is None:
+            from dataclasses import replace
+
+            from .quants import DEFAULT_TAGS
+
+            # the first default tag, when pulled, is the default whatever else the repo has;
+            # offline nothing better can be known than what is pulled
+            existing = store.find(replace(ref, quant=DEFAULT_TAGS[0])) or (
+                store.find(ref) if hub.is_offline() else None)
+        else:
+            existing = store.find(ref)
         if existing is not None:
             return existing
     plan = make_plan(ref, offline=hub.is_offline())
