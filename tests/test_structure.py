@@ -67,3 +67,17 @@ def test_no_import_cycles() -> None:
 
 def test_the_checker_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_sampling_is_layered_once() -> None:
+    """User overrides over registry defaults over built-ins, one rule for run/chat and serve
+    (client mode sends the overrides alone)."""
+    from llmrun.datatypes import Sampling, layer_sampling
+    from llmrun.server.schemas import CompletionRequest
+
+    built_in = Sampling()
+    s = layer_sampling({"temperature": 0.0, "top_k": None}, {"top_k": 20, "top_p": 0.8})
+    assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.0, 20, 0.8, built_in.min_p)
+    req = CompletionRequest.model_validate({"model": "m", "prompt": "x", "temperature": 0.0})
+    served = req.sampling({"top_k": 20, "top_p": 0.8})
+    assert (served.temperature, served.top_k, served.top_p) == (0.0, 20, 0.8)

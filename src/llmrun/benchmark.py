@@ -32,7 +32,7 @@ def peak_rss() -> int:
 def run(model: Model, *, pp: int, tg: int, reps: int, seed: int = 0) -> dict[str, Any]:
     """pp/tg tokens per second and time to first token (a ``pp``-token prompt, or 16 tokens
     when pp is 0) over ``reps`` repetitions after one warm-up."""
-    from .engine import Result, Sampling
+    from .datatypes import Result, Sampling
 
     rng = random.Random(seed)
     n_vocab = model.llama.n_vocab()

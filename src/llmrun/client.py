@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine import Result, Sampling
+from .datatypes import Result, Sampling
 from .errors import AuthError, ContextOverflow, LlmrunError, NetworkError, NotFound, UsageError
 from .session import Message, Turn
 

@@ -14,12 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import gguf_file, inuse, native_check, prompt_pieces, templates
+from .datatypes import LoadOptions, Result, Sampling
 from .errors import ContextOverflow, ModelError, UsageError
+
+__all__ = ["DEFAULT_CTX", "PREFILL_PIECE", "LoadOptions", "Model", "Result", "Sampling"]
 
 DEFAULT_CTX = 4096
 PREFILL_PIECE = 32  # tokens per decode of a guess that may be called off between decodes
@@ -27,58 +29,6 @@ _log_callback: Any = None  # keep the ctypes callback alive
 _preloaded: set[str] = set()
 _params_lock = threading.Lock()  # llama_model_default_params is patched while a Llama loads
 log = logging.getLogger("llmrun")
-
-
-@dataclass
-class LoadOptions:
-    n_ctx: int | None = None  # None: min(DEFAULT_CTX, trained context)
-    n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
-    n_threads: int | None = None  # None: physical cores
-    n_batch: int = 512
-    flash_attn: bool | None = None  # None: on, as llama.cpp's "auto" is where supported
-    use_mmap: bool = True
-    extra_buffers: str = "auto"  # llama.cpp's extra CPU buffer types: auto (self-test), on, off
-    state_dir: str | None = None  # where the self-test's result is remembered (None: nowhere)
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-    max_tokens: int | None = None  # None: until end of turn or the context is full
-    stop: list[str] = field(default_factory=list)
-    json_schema: dict[str, Any] | None = None
-    json_any: bool = False
-
-
-@dataclass
-class Result:
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    load_s: float = 0.0
-    prompt_s: float = 0.0
-    gen_s: float = 0.0
-    prompt_evaluated: int = 0  # tokens actually evaluated (fewer when the KV prefix is reused)
-    usage_known: bool = True  # False: a remote server did not say (client mode)
-
-    def as_dict(self) -> dict[str, Any]:
-        known = self.usage_known
-        return {
-            "text": self.text, "finish_reason": self.finish_reason,
-            "usage": {"prompt_tokens": self.prompt_tokens if known else None,
-                      "completion_tokens": self.completion_tokens if known else None,
-                      "total_tokens": self.prompt_tokens + self.completion_tokens if known
-                      else None},
-            "timings": {"load_s": round(self.load_s, 4), "prompt_s": round(self.prompt_s, 4),
-                        "generation_s": round(self.gen_s, 4),
-                        "prompt_tokens_evaluated": self.prompt_evaluated},
-        }
 
 
 def _route_llama_logs(debug: bool) -> None:
@@ -488,7 +438,7 @@ class Model:
         self.clear_cache()
         return took
 
-    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
+    def check_fits(self, n_prompt: int) -> None:
         if n_prompt >= self.n_ctx:
             raise ContextOverflow(
                 f"prompt is {n_prompt} tokens, context is {self.n_ctx}",
@@ -505,7 +455,7 @@ class Model:
         import llama_cpp
 
         res = result if result is not None else Result()
-        self.check_fits(len(tokens), sampling.max_tokens)
+        self.check_fits(len(tokens))
         res.prompt_tokens = len(tokens)
         res.load_s = self.load_s
         grammar = self._grammar(sampling)

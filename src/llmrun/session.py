@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine import PREFILL_PIECE, Model, Result, Sampling
+from .datatypes import Result, Sampling
+from .engine import PREFILL_PIECE, Model
 from .errors import ContextOverflow, UsageError
 from .readahead import ReadAhead
 
@@ -176,7 +177,7 @@ class Session:
         self.messages.append({"role": "user", "content": text})
         try:
             tokens, dropped = self._fit()
-            self.model.check_fits(len(tokens), self.sampling.max_tokens)
+            self.model.check_fits(len(tokens))
         except ContextOverflow:
             self.messages.pop()
             raise

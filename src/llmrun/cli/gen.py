@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,7 +17,8 @@ from .output import OutputClosed
 
 if TYPE_CHECKING:
     from ..client import RemoteSession
-    from ..engine import Model, Result, Sampling
+    from ..datatypes import Result, Sampling
+    from ..engine import Model
     from ..registry import Entry
     from ..session import Session
 
@@ -92,19 +94,20 @@ def _schema(value: str | None) -> dict[str, Any] | None:
 
 
 BASE_MODEL_LIMIT = 256  # tokens: a base model runs on until the context is full otherwise
-_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+def _overrides(f: Flags) -> dict[str, Any]:
+    """The sampling values the user set on the command line (and only those)."""
+    from ..datatypes import SAMPLING_KEYS
+
+    return {k: getattr(f, k) for k in SAMPLING_KEYS if getattr(f, k) is not None}
 
 
-def _sampling(f: Flags) -> Sampling:
-    """Sampling from the flags over the built-ins (registry defaults are applied later)."""
-    from ..engine import Sampling
+def _sampling(f: Flags, defaults: Mapping[str, Any] | None = None) -> Sampling:
+    """The flags over the registry's defaults over the built-ins (datatypes.layer_sampling)."""
+    from ..datatypes import layer_sampling
 
     if f.fmt not in (None, "json"):
         raise UsageError(f"unknown --format {f.fmt!r}", hint="the only format is 'json'")
-    sampling = Sampling()
-    for key in _SAMPLING_KEYS:
-        if getattr(f, key) is not None:
-            setattr(sampling, key, getattr(f, key))
+    sampling = layer_sampling(_overrides(f), defaults or {})
     # llama-cpp-python's default seed is fixed: without --seed, draw one so that sampled
     # answers differ between runs, as users expect
     sampling.seed = f.seed if f.seed is not None else secrets.randbelow(2**31)
@@ -124,21 +127,17 @@ def open_session(model: str, f: Flags, *, system: str | None,
 
         if not endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
-        overrides = {k: getattr(f, k) for k in (*_SAMPLING_KEYS, "seed")
-                     if getattr(f, k) is not None}  # only what the user set: the server's
-        # and the model's own defaults stand for the rest
+        overrides = _overrides(f)  # only what the user set: the server's and the model's
+        if f.seed is not None:  # own defaults stand for the rest
+            overrides["seed"] = f.seed
         return RemoteSession(endpoint, model, _sampling(f), f.api_key or s.api_key,
                              system=system, raw=f.raw, trim=trim, overrides=overrides,
                              warn=output.warn)
     if f.raw and system:
         raise UsageError("--system has no effect with --raw (no chat template is used)")
-    sampling = _sampling(f)  # validate flags before a pull or a load
+    _sampling(f)  # validate flags before a pull or a load
     path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
-    if entry is not None:  # the registry's defaults fill what no flag set
-        for key in _SAMPLING_KEYS:
-            default = getattr(entry.defaults, key)
-            if getattr(f, key) is None and default is not None:
-                setattr(sampling, key, default)
+    sampling = _sampling(f, entry.defaults.model_dump() if entry is not None else None)
     loaded = load_model(path, name, entry, ctx=f.ctx, gpu_layers=f.gpu_layers,
                         threads=f.threads, verbose=f.verbose)
     if entry is not None and not entry.instruct:  # the registry knows it is a base model
@@ -157,7 +156,8 @@ def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
                gpu_layers: int | None, threads: int | None, verbose: bool) -> Model:
     """Load a local model with the flags over LLMRUN_* settings; warnings and notices on
     stderr (run, chat, bench)."""
-    from ..engine import LoadOptions, Model
+    from ..datatypes import LoadOptions
+    from ..engine import Model
 
     s = common.settings()
     opts = LoadOptions(n_ctx=ctx or s.ctx, n_gpu_layers=gpu_layers if gpu_layers is not None

@@ -121,7 +121,7 @@ def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, m
 
     import uvicorn
 
-    from ..engine import LoadOptions
+    from ..datatypes import LoadOptions
     from ..server.app import ServerConfig, create_app
     from ..server.models import engine_loader
 

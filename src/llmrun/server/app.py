@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..engine import Result, Sampling
+from ..datatypes import Result, Sampling
 from ..errors import ContextOverflow, LlmrunError, NotFound, UsageError
 from . import http, schemas, security
 from .http import to_api_error
@@ -188,7 +188,7 @@ class Api:
         def prepare(engine: Engine) -> tuple[list[int], Sampling]:
             _check_limit(engine, req.limit())
             tokens = engine.tokenize(engine.format_chat(messages), templated=True)
-            engine.check_fits(len(tokens), sampling.max_tokens)
+            engine.check_fits(len(tokens))
             return tokens, replace(sampling, stop=sampling.stop + engine.chat_stops())
 
         return await self.generate(request, spec, prepare, "chat", req)
@@ -203,7 +203,7 @@ class Api:
             _check_limit(engine, req.limit())
             tokens = engine.tokenize(text, templated=False)
             try:
-                engine.check_fits(len(tokens), sampling.max_tokens)
+                engine.check_fits(len(tokens))
             except ContextOverflow as exc:
                 raise ApiError(400, exc.message, param="prompt",
                                code="context_length_exceeded") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import errors
-from ..engine import LoadOptions, Result, Sampling
+from ..datatypes import LoadOptions, Result, Sampling
 from ..errors import LlmrunError, ModelError
 
 
@@ -65,8 +65,8 @@ class ChildEngine:
             self._stops = [str(s) for s in self._call("chat_stops")]
         return list(self._stops)
 
-    def check_fits(self, n_prompt: int, max_tokens: int | None) -> None:
-        self._call("check_fits", n_prompt=n_prompt, max_tokens=max_tokens)
+    def check_fits(self, n_prompt: int) -> None:
+        self._call("check_fits", n_prompt=n_prompt)
 
     def generate(self, tokens: list[int], sampling: Sampling,
                  result: Result | None = None) -> Iterator[str]:
@@ -188,7 +188,7 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
     if op == "chat_stops":
         return {"value": model.chat_stops()}
     if op == "check_fits":
-        model.check_fits(req["n_prompt"], req["max_tokens"])
+        model.check_fits(req["n_prompt"])
         return {"value": None}
     if op == "generate":
         state["result"] = Result()

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..engine import Result, Sampling
+from ..datatypes import SAMPLING_KEYS, Result, Sampling, layer_sampling
 
 MAX_STOP = 4
 MAX_STOP_LEN = 256
@@ -150,13 +150,8 @@ class GenerateRequest(_Req):
         return self.max_tokens
 
     def sampling(self, defaults: dict[str, float | int]) -> Sampling:
-        """Request value > registry default > llmrun default."""
-        s = Sampling()
-        for key in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
-            value = getattr(self, key)
-            value = defaults.get(key) if value is None else value
-            if value is not None:
-                setattr(s, key, value)
+        """Request value > registry default > llmrun default (datatypes.layer_sampling)."""
+        s = layer_sampling({k: getattr(self, k) for k in SAMPLING_KEYS}, defaults)
         s.seed, s.max_tokens = self.seed, self.limit()
         s.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return s
