@@ -81,3 +81,12 @@ def test_sampling_is_layered_once() -> None:
     req = CompletionRequest.model_validate({"model": "m", "prompt": "x", "temperature": 0.0})
     served = req.sampling({"top_k": 20, "top_p": 0.8})
     assert (served.temperature, served.top_k, served.top_p) == (0.0, 20, 0.8)
+
+
+def test_cli_holds_no_resolution_store_or_hub_logic() -> None:
+    """Resolution lives in resolve.py: no command module parses references, reads the
+    store's records by hand or touches the Hub; they call the core."""
+    for path in sorted((SRC / "llmrun" / "cli").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "huggingface_hub" not in text, path.name
+        assert "by_repo_file" not in text and ".find(ref)" not in text, path.name

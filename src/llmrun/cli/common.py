@@ -6,11 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ModelNotPulled, UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:  # imported lazily: pydantic and yaml are not needed for --help
     from ..refs import Ref
     from ..registry import Entry, Registry
+    from ..resolve import Resolver
     from ..settings import Settings
     from ..store import Manifest, Store
 
@@ -71,60 +72,34 @@ def store() -> Store:
     return Store(settings().home)
 
 
+def resolver() -> Resolver:
+    from ..resolve import Resolver
+
+    return Resolver(registry(), store())
+
+
 def parse_ref(text: str) -> Ref:
-    from ..refs import parse
-
-    return parse(text, registry())
+    return resolver().parse(text)
 
 
-def imported(text: str) -> Manifest | None:
-    """A model imported under a name of the user's (checked before registry lookup)."""
-    from ..registry import NAME_RE
+def _pull(ref: Ref) -> Manifest:
+    """Pull a missing model with progress on stderr, like `ollama run`."""
+    from ..pull import pull
+    from .progress import PullEvents
 
-    if not NAME_RE.match(text.lower()):
-        return None
-    manifest = store().get(text.lower())
-    return manifest if manifest is not None and manifest.kind == "import" else None
-
-
-def find_pulled(ref: Ref) -> Manifest | None:
-    """The manifest for a reference, if it was pulled."""
-    return store().find(ref)
+    events = PullEvents(quiet=False)
+    try:
+        return pull(ref, settings(), events)
+    finally:
+        events.close()
 
 
 def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:
     """(model file, display name, registry entry) for a reference; pulls it first when it
-    is missing, like `ollama run`, unless no_pull."""
-    from ..refs import LocalRef, RegistryRef
+    is missing, unless no_pull (resolve.Resolver.local)."""
+    found = resolver().local(text, pull=None if no_pull else _pull)
+    if found.note:
+        from . import output
 
-    manifest = imported(text)
-    ref: Ref | None = None
-    if manifest is None:
-        ref = parse_ref(text)
-        if isinstance(ref, LocalRef):
-            return ref.path, ref.path.name, None
-        manifest = find_pulled(ref)
-        from ..refs import HubRef
-
-        if manifest is not None and isinstance(ref, HubRef) and ref.quant is None:
-            from . import output
-
-            output.info(f"using {manifest.name}, the quant of {ref.display} that is pulled "
-                        f"(`llmrun pull {ref.display}` fetches the default one)")
-    if manifest is None:
-        assert ref is not None
-        if no_pull:
-            raise ModelNotPulled(f"model {text!r} is not pulled", hint=f"llmrun pull {text}")
-        from ..pull import pull
-        from .progress import PullEvents
-
-        events = PullEvents(quiet=False)
-        try:
-            manifest = pull(ref, settings(), events)
-        finally:
-            events.close()
-    entry = ref.entry if isinstance(ref, RegistryRef) else None
-    if entry is None and manifest.repo:
-        found = registry().by_repo_file(manifest.repo, manifest.files[0].path)
-        entry = found[1] if found else None
-    return store().checked_path(manifest), manifest.name, entry
+        output.info(found.note)
+    return found.path, found.name, found.entry

@@ -21,10 +21,7 @@ def rm_cmd(
     """Remove pulled models and free their disk space (files shared with others stay)."""
     manifests = []
     for name in names:
-        manifest = common.imported(name)
-        if manifest is None:
-            ref = common.parse_ref(name)
-            manifest = common.find_pulled(ref)
+        manifest = common.resolver().pulled(name)
         if manifest is None:
             from ..errors import ModelNotPulled
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import LlmrunError, NotFound, UsageError
+from ..errors import LlmrunError, UsageError
 from . import common, gen, output
 
 if TYPE_CHECKING:
@@ -35,12 +35,10 @@ def parse_duration(text: str) -> float:
 def _resolve(name: str) -> ModelSpec:
     """A pulled (or imported) model by name. Paths are refused: clients pick models, not
     files."""
-    from ..refs import LocalRef
     from ..server.models import ModelSpec
 
-    if common.imported(name) is None and isinstance(common.parse_ref(name), LocalRef):
-        raise NotFound(f"model {name!r} is not a pulled model", hint="see GET /v1/models")
-    path, display, entry = common.ensure_local(name, no_pull=True)
+    found = common.resolver().local(name, pull=None, paths=False)
+    path, display, entry = found.path, found.name, found.entry
     defaults = {k: v for k, v in (entry.defaults.model_dump() if entry else {}).items()
                 if v is not None}
     return ModelSpec(display, path, entry.chat_format if entry else None, defaults)

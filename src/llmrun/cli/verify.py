@@ -20,8 +20,9 @@ def verify_cmd(
     from ..store import sha256_file
 
     store = common.store()
+    resolver = common.resolver()
     manifests = list(store.all()) if not names else [
-        common.imported(n) or store.require(_name(n)) for n in names]
+        resolver.pulled(n) or store.require(_name(n)) for n in names]
     bad: list[str] = []
     broken: list[str] = []
     fixes: dict[str, str] = {}  # name -> the command that repairs it
@@ -52,12 +53,8 @@ def verify_cmd(
 
 
 def _name(text: str) -> str:
-    from ..refs import HubRef, RegistryRef
+    """The name a model that is not pulled would have (for require()'s message)."""
+    from ..refs import RegistryRef
 
     ref = common.parse_ref(text)
-    if isinstance(ref, RegistryRef):
-        return ref.display
-    if isinstance(ref, HubRef):
-        found = common.find_pulled(ref)
-        return found.name if found else ref.display
-    return text
+    return ref.display if isinstance(ref, RegistryRef) else text
