@@ -167,7 +167,8 @@ def test_preflight_reads_this_processes_limits(gemma_file: Path,
         else real))
     with pytest.raises(ModelError) as exc:
         memory.preflight(info, CTX, [gemma_file], name="g")
-    assert exc.value.message.endswith(f"the memory limit is {memory.human(est.address_space - 1)}")
+    limit = memory.human_size(est.address_space - 1)
+    assert exc.value.message.endswith(f"the memory limit is {limit}")
     monkeypatch.setattr(resource, "getrlimit", lambda which: real)
 
     class Mem:
@@ -206,7 +207,7 @@ def test_refused_before_loading_under_the_estimate(gemma_cli: Cli, fraction: flo
     limit = int(est.weights + fraction * (est.address_space - est.weights))
     error = _clean_failure(_run(gemma_cli, limit=limit))
     assert error == (f"Error: cannot load {GEMMA}: it needs {est.describe(buffers=True)}, the "
-                     f"memory limit is {memory.human(limit)}")
+                     f"memory limit is {memory.human_size(limit)}")
 
 
 @pytest.mark.parametrize("over", [1.02, 1.06])

@@ -35,6 +35,7 @@ from pathlib import Path
 from .errors import ModelError
 from .gguf_file import TOKENS_KEY
 from .gguf_info import GGUFInfo
+from .units import human_size
 
 KV_BYTES = 2  # llama.cpp's default cache type is f16 for both K and V
 LOGIT_BYTES = 4  # f32
@@ -61,19 +62,9 @@ class Estimate:
 
     def describe(self, *, buffers: bool = False) -> str:
         total = self.address_space if buffers else self.resident
-        extra = f" + logits buffers {human(self.buffers)}" if buffers else ""
-        return (f"about {human(total)} (weights {human(self.weights)} + KV cache "
-                f"{human(self.kv_cache)} at context {self.n_ctx}{extra})")
-
-
-def human(n: int) -> str:
-    """Decimal units, as `llmrun list` and `pull` show sizes."""
-    if n >= 1e9:  # two decimals: limits and needs are often close
-        return f"{n / 1e9:.2f} GB"
-    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+        extra = f" + logits buffers {human_size(self.buffers)}" if buffers else ""
+        return (f"about {human_size(total)} (weights {human_size(self.weights)} + KV cache "
+                f"{human_size(self.kv_cache)} at context {self.n_ctx}{extra})")
 
 
 def kv_cache_bytes(info: GGUFInfo, n_ctx: int) -> int:
@@ -112,9 +103,9 @@ def check(est: Estimate, *, limit: int | None, available: int | None,
     more than the ``available`` RAM; None when it fits (or nothing is known)."""
     if limit is not None and est.address_space > limit:
         raise ModelError(f"cannot load {name}: it needs {est.describe(buffers=True)}, the "
-                         f"memory limit is {human(limit)}", hint=HINT)
+                         f"memory limit is {human_size(limit)}", hint=HINT)
     if available is not None and est.resident > available:
-        return (f"{name} needs {est.describe()} but only {human(available)} of memory is "
+        return (f"{name} needs {est.describe()} but only {human_size(available)} of memory is "
                 f"available: expect swapping or an out-of-memory kill; {HINT}")
     return None
 

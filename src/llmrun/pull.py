@@ -17,7 +17,8 @@ from .errors import ChecksumMismatch, DiskFull, LlmrunError, NetworkError, NotFo
 from .refs import HubRef, LocalRef, Ref, RegistryRef
 from .registry import PackageSource
 from .settings import Settings
-from .store import Manifest, Store, StoredFile, hub_cache_dir, link_snapshot, repo_dir, write_ref
+from .store import Manifest, Store, StoredFile, link_snapshot, repo_dir, write_ref
+from .units import human_size
 
 
 class Events(Protocol):
@@ -139,8 +140,8 @@ def check_space(plan: Plan, blobs: Path, events: Events) -> None:
     mount = _existing_parent(blobs)
     free = shutil.disk_usage(mount).free
     if need > free:
-        raise DiskFull(f"not enough disk space for {plan.name}: need {_gb(need)}, "
-                       f"have {_gb(free)} free on {mount}",
+        raise DiskFull(f"not enough disk space for {plan.name}: need {human_size(need)}, "
+                       f"have {human_size(free)} free on {mount}",
                        hint="free some space (`llmrun rm`, `llmrun prune`) or set HF_HUB_CACHE")
     try:
         import psutil
@@ -149,12 +150,8 @@ def check_space(plan: Plan, blobs: Path, events: Events) -> None:
     except Exception:  # pragma: no cover - psutil unsupported platform
         return
     if plan.size * 1.2 > ram:
-        events.warn(f"{plan.name} needs about {_gb(int(plan.size * 1.2))} of memory; this "
-                    f"machine has {_gb(ram)}: it may not load, or run slowly")
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+        events.warn(f"{plan.name} needs about {human_size(int(plan.size * 1.2))} of memory; this "
+                    f"machine has {human_size(ram)}: it may not load, or run slowly")
 
 
 def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -> Manifest:
@@ -199,11 +196,6 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     return manifest
 
 
-def _lock_path(repo: str, key: str) -> Path:
-    # The same lock huggingface_hub takes, so `hf download` and `llmrun pull` serialise too.
-    return hub_cache_dir() / ".locks" / ("models--" + repo.replace("/", "--")) / f"{key}.lock"
-
-
 def _fetch_one(plan: Plan, f: PlannedFile, blobs: Path, settings: Settings, events: Events,
                *, force: bool) -> Path:
     from filelock import FileLock
@@ -212,7 +204,7 @@ def _fetch_one(plan: Plan, f: PlannedFile, blobs: Path, settings: Settings, even
 
     blobs.mkdir(parents=True, exist_ok=True)
     key = f.sha256 or hashlib.sha256(f"{plan.repo}/{plan.revision}/{f.path}".encode()).hexdigest()
-    lock = _lock_path(plan.repo, key)
+    lock = store_mod.blob_lock(repo_dir(plan.repo).name, key)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock):
         blob = blobs / key

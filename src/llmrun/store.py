@@ -37,6 +37,12 @@ def hub_cache_dir() -> Path:
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
+def blob_lock(repo_dirname: str, key: str) -> Path:
+    """The lock of one blob: the path huggingface_hub locks too, so `hf download` and `llmrun
+    pull` of the same file serialise. ``repo_dirname`` is the cache's ``models--ORG--REPO``."""
+    return hub_cache_dir() / ".locks" / repo_dirname / f"{key}.lock"
+
+
 def repo_dir(repo: str) -> Path:
     return hub_cache_dir() / ("models--" + repo.replace("/", "--"))
 
@@ -196,6 +202,55 @@ class Store:
         with inuse.exclusive([] if force else _files(manifest)) as busy:
             _refuse_busy(manifest, busy)
             return self._remove(name, manifest)
+
+    def import_file(self, file: Path, *, name: str, quant: str | None, size: int, link: bool
+                    ) -> Manifest:
+        """Record a local GGUF under ``name``: copied into the store's blobs (by sha256), or
+        linked where it is. The file must have been validated already."""
+        import shutil
+
+        digest = sha256_file(file)
+        local = file.resolve()
+        if not link:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            local = self.blobs / f"sha256-{digest}.gguf"
+            if not local.exists():
+                tmp = local.with_name(local.name + ".tmp")
+                shutil.copyfile(file, tmp)
+                os.replace(tmp, local)
+        manifest = Manifest(name, "import", None, None, quant,
+                            [StoredFile(file.name, str(local), size, digest)],
+                            "link" if link else "import")
+        self.save(manifest)
+        return manifest
+
+    def orphans(self) -> list[Path]:
+        """What `prune` may remove: llmrun's partial downloads whose pull is not running, and
+        blobs that no snapshot and no record refers to, in the repos llmrun pulled (other
+        repos belong to other tools) and in its own import store."""
+        from filelock import FileLock, Timeout
+
+        manifests = list(self.all())
+        referenced = {f.sha256 for m in manifests for f in m.files}
+        found: list[Path] = []
+        # partial files in any repo (a first pull that never finished has no record)
+        for part in sorted(hub_cache_dir().glob(f"models--*/blobs/*{PART_SUFFIX}")):
+            lock = blob_lock(part.parent.parent.name, part.name[: -len(PART_SUFFIX)])
+            try:
+                with FileLock(lock, timeout=0):
+                    found.append(part)  # nobody holds the lock: that pull is not running
+            except Timeout:
+                continue
+        for repo in sorted({m.repo for m in manifests if m.repo}):
+            root = repo_dir(repo)
+            if not (root / "blobs").is_dir():
+                continue
+            linked = {Path(os.path.realpath(p)).name for p in (root / "snapshots").rglob("*")
+                      if p.is_symlink()}
+            found += [b for b in (root / "blobs").iterdir() if not b.name.endswith(PART_SUFFIX)
+                      and b.name not in linked and b.name not in referenced]
+        found += [p for p in self.blobs.glob("sha256-*.gguf") if p.name[7:-5] not in referenced]
+        return found
 
     def ensure_unused(self, manifest: Manifest) -> None:
         """Raise InUse while a running llmrun process has the model loaded."""

@@ -32,9 +32,11 @@ def chat_cmd(
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
 ) -> None:
     """Chat with a model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D exits."""
-    flags = gen.Flags(temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, stop,
-                      ctx, gpu_layers, threads, False, None, None, verbose, no_pull,
-                      endpoint, api_key)
+    flags = gen.Flags(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                      repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens,
+                      stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, raw=False,
+                      fmt=None, schema=None, verbose=verbose, no_pull=no_pull,
+                      endpoint=endpoint, api_key=api_key)
     session = gen.open_session(model, flags, system=system, trim=True)
     local = getattr(session, "model", None)
     if local is not None:

@@ -53,7 +53,7 @@ ApiKey = Annotated[str | None, typer.Option(
     "--api-key", help="Bearer token for --endpoint [env LLMRUN_API_KEY]")]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Flags:
     temperature: float | None
     top_p: float | None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +21,6 @@ def import_cmd(
     --link; `llmrun verify` notices if a linked file changes."""
     from .. import gguf_file
     from ..registry import NAME_RE
-    from ..store import Manifest, StoredFile, sha256_file
 
     name = name.lower()
     if not NAME_RE.match(name):
@@ -35,17 +32,9 @@ def import_cmd(
     info = gguf_file.read_info(file, hint="the file is not a usable GGUF model")
     store = common.store()
     if store.get(name) is not None:
-        raise UsageError(f"{name!r} already exists", hint=f"`llmrun rm {name}` first")
-    digest = sha256_file(file)
-    local = file.resolve()
-    if not link:
-        store.blobs.mkdir(parents=True, exist_ok=True)
-        local = store.blobs / f"sha256-{digest}.gguf"
-        if not local.exists():
-            tmp = local.with_name(local.name + ".tmp")
-            shutil.copyfile(file, tmp)
-            os.replace(tmp, local)
-    store.save(Manifest(name, "import", None, None, info.file_type, [
-        StoredFile(file.name, str(local), info.file_size, digest)], "link" if link else "import"))
+        raise UsageError(f"{name!r} already exists", hint=f"`llmrun rm -y {name}` first")
+    manifest = store.import_file(file, name=name, quant=info.file_type, size=info.file_size,
+                                 link=link)
+    local = manifest.files[0].local
     output.info(f"imported {name} ({output.human_size(info.file_size)}, "
                 f"{'linked' if link else 'copied'}): {local}")

@@ -94,9 +94,6 @@ def table(columns: list[str], rows: list[list[str]], *, right: set[int] | None =
 
 
 def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    from ..units import human_size as size
+
+    return size(n)

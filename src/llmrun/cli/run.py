@@ -51,9 +51,11 @@ def run_cmd(
         if not text.strip():
             raise UsageError("no prompt: give one as an argument or on stdin")
         prompts = [text]
-    flags = gen.Flags(temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, stop,
-                      ctx, gpu_layers, threads, raw, fmt, schema, verbose, no_pull,
-                      endpoint, api_key)
+    flags = gen.Flags(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                      repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens,
+                      stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, raw=raw,
+                      fmt=fmt, schema=schema, verbose=verbose, no_pull=no_pull,
+                      endpoint=endpoint, api_key=api_key)
     session = gen.open_session(model, flags, system=system)
     for i, p in enumerate(prompts):
         if as_json:
