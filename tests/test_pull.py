@@ -83,7 +83,7 @@ def test_resume_after_kill_continues_from_bytes_on_disk(hcli: Cli, hub: HubDoubl
                                                        sig: signal.Signals) -> None:
     hub.set_faults(throttle_bps=400_000)
     proc = hcli.popen("pull", f"hf.co/{REPO}", stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL)
+                      stderr=subprocess.PIPE)
     part = _blob(hcli.root, _data(1)).with_name(_blob(hcli.root, _data(1)).name + ".llmrun.part")
     deadline = time.monotonic() + 60
     while not (part.exists() and part.stat().st_size >= SIZE // 4):
@@ -92,6 +92,11 @@ def test_resume_after_kill_continues_from_bytes_on_disk(hcli: Cli, hub: HubDoubl
     proc.send_signal(sig)
     code = proc.wait(timeout=10)
     assert code == {signal.SIGINT: 130}.get(sig, -sig)
+    assert proc.stderr is not None
+    said = proc.stderr.read().decode()
+    if sig == signal.SIGINT:  # says what was kept, and the command that resumes it
+        assert f"interrupted: what was downloaded is kept; `llmrun pull hf.co/{REPO}` " \
+               "resumes it" in said
     held = part.stat().st_size
     assert 0 < held < SIZE
     assert not _blob(hcli.root, _data(1)).exists()

@@ -65,6 +65,6 @@ def run(model: Model, *, pp: int, tg: int, reps: int, seed: int = 0) -> dict[str
 
     gpus = [{"name": d["name"], "description": d["description"],
              "memory_used": d["memory_total"] - d["memory_free"],
-             "memory_total": d["memory_total"]} for d in devices() if d["type"] != "cpu"]
+             "memory_total": d["memory_total"]} for d in devices() if d["type"] in ("gpu", "igpu")]
     return {"results": results, "ttft_s": {**_stats(ttft), "prompt_tokens": first},
             "peak_rss": peak_rss(), "gpu_memory": gpus}

@@ -156,7 +156,8 @@ def gather(home: Path, *, mode: str, model: Path | None = None,
 
     vm = psutil.virtual_memory()
     report["memory"] = {"total": vm.total, "available": vm.available}
-    report["gpu_memory"] = [d for d in report["build"]["devices"] if d.get("type") != "cpu"]
+    report["gpu_memory"] = [d for d in report["build"]["devices"]
+                            if d.get("type") in ("gpu", "igpu")]
     report["paths"] = {"hf_cache": hub.cache_dir(), "llmrun_home": str(home)}
     report["disk"] = _disk(Path(hub.cache_dir()))
     free = report["disk"].get("free")

@@ -90,6 +90,13 @@ def _pull(ref: Ref) -> Manifest:
     events = PullEvents(quiet=False)
     try:
         return pull(ref, settings(), events)
+    except KeyboardInterrupt:
+        events.close()
+        from . import output
+
+        output.info(f"interrupted: what was downloaded is kept; `llmrun pull {ref.display}` "
+                    "resumes it")
+        raise
     finally:
         events.close()
 

@@ -24,7 +24,7 @@ def _lines(r: dict[str, Any]) -> list[tuple[str, str]]:
     if build["error"]:
         rows.append(("build", f"unknown: {build['error']}"))
     else:
-        backends = sorted({d["name"] for d in build["devices"] if d["type"] != "cpu"})
+        backends = sorted({d["name"] for d in build["devices"] if d["type"] in ("gpu", "igpu")})
         rows.append(("build", ("GPU offload: " + ", ".join(backends or ["yes"]))
                      if build["gpu_offload"] else "CPU only (no GPU backend compiled in)"))
         rows.append(("system info", build["system_info"] or "?"))

@@ -24,6 +24,11 @@ def pull_cmd(
         events = PullEvents(quiet)
         try:
             manifest = pull(ref, common.settings(), events, force=force)
+        except KeyboardInterrupt:
+            events.close()
+            output.info(f"interrupted: what was downloaded is kept; `llmrun pull "
+                        f"{ref.display}` resumes it")
+            raise
         finally:
             events.close()
         if quiet:
