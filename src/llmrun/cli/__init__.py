@@ -76,6 +76,9 @@ def _debug() -> bool:
 def main() -> None:
     """Entry point: run the app and map every failure to one line and an exit code."""
     code: int = ExitCode.OK
+    from .context import fresh
+
+    fresh()  # this invocation's settings, registry and store, made when first needed
     if _debug():  # llmrun's own debug log (serve has its own handler)
         import logging
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from ..errors import UsageError
 
 if TYPE_CHECKING:  # imported lazily: pydantic and yaml are not needed for --help
     from ..refs import Ref
@@ -16,66 +13,29 @@ if TYPE_CHECKING:  # imported lazily: pydantic and yaml are not needed for --hel
     from ..store import Manifest, Store
 
 
-class _Partial:
-    """Settings with some LLMRUN_* values invalid: the valid ones read as usual, a bad one
-    raises its one-line UsageError when a command reads it (so `LLMRUN_PORT=abc` stops
-    `serve`, not `list`)."""
-
-    def __init__(self, good: Settings, bad: dict[str, str]) -> None:
-        self._good, self._bad = good, bad
-
-    def __getattr__(self, name: str) -> object:
-        if name in self._bad:
-            raise UsageError(self._bad[name])
-        return getattr(self._good, name)
-
-
-@lru_cache(maxsize=1)
 def settings() -> Settings:
-    import os
-    from typing import cast
+    """This invocation's settings (cli/context.py)."""
+    from .context import current
 
-    from pydantic import ValidationError
-
-    from ..settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:  # a bad LLMRUN_* value
-        bad: dict[str, str] = {}
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            var = f"LLMRUN_{field.upper()}"
-            bad[field] = (f"invalid {var}={os.environ.get(var, '')!r}: "
-                          + " ".join(str(err["msg"]).split()))
-        saved = {f"LLMRUN_{f.upper()}": os.environ.pop(f"LLMRUN_{f.upper()}", None)
-                 for f in bad}
-        try:
-            good = Settings()
-        except ValidationError:
-            raise UsageError(next(iter(bad.values()))) from None
-        finally:
-            os.environ.update({k: v for k, v in saved.items() if v is not None})
-        return cast("Settings", _Partial(good, bad))
+    return current().settings()
 
 
-@lru_cache(maxsize=1)
 def registry() -> Registry:
-    from ..registry import Registry
+    from .context import current
 
-    return Registry.load(settings().user_registry)
+    return current().registry()
 
 
 def store() -> Store:
-    from ..store import Store
+    from .context import current
 
-    return Store(settings().home)
+    return current().store()
 
 
 def resolver() -> Resolver:
-    from ..resolve import Resolver
+    from .context import current
 
-    return Resolver(registry(), store())
+    return current().resolver()
 
 
 def parse_ref(text: str) -> Ref:

@@ -24,6 +24,12 @@ def err() -> Console:
     return _err
 
 
+def reset() -> None:
+    """Forget the stderr console: the next one is made on the streams of the moment."""
+    global _err
+    _err = None
+
+
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 
