@@ -289,3 +289,21 @@ def test_self_test_child_env_is_inherited() -> None:
     """The hook reaches the child only through the environment (a user never sets it)."""
     assert native_check.FAULT_ENV not in make_env(Path("/tmp"))
     assert os.environ.get(native_check.FAULT_ENV) is None
+
+
+def test_after_a_crash_an_inconclusive_attempt_is_not_the_crashing_configuration(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A crash with the extra buffer types, then a timeout without them: the model loads
+    without them (the timeout taught nothing, the crash did). Narrow: a fake child."""
+    outcomes = iter(["SIGSEGV", "timeout"])
+
+    def fake(model: Path, config: native_check.Config, **kw: object
+             ) -> tuple[native_check.Attempt, dict[str, object]]:
+        return native_check.Attempt(config, next(outcomes)), {}
+
+    monkeypatch.setattr(native_check, "run_probe", fake)
+    out = native_check.self_test(tmp_path / "none.gguf", ["F16"], {}, mode="auto", gpu=False,
+                                 threads=None, flash_attn=None)
+    assert [a.outcome for a in out.attempts] == ["SIGSEGV", "timeout"]
+    assert out.config == native_check.Config(extra_bufts=False)
+    assert not native_check.crashed(out)

@@ -214,7 +214,10 @@ def self_test(model: Path, types: Iterable[str], samples: Mapping[str, tuple[int
                 out.config, out.offload = config, bool(report.get("offload"))
                 break
             if not is_crash(attempt.outcome):
-                break  # not a crash (timeout, an error exit): nothing to fall back from
+                # not a crash (a timeout, an error exit): nothing more to learn; load as this
+                # attempt did (after a crash, not as the configuration that crashed)
+                out.config = attempt.config
+                break
     out.seconds = time.perf_counter() - start
     return out
 
