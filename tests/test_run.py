@@ -153,6 +153,9 @@ def test_ctrl_c_exits_130(gemma_cli: Cli) -> None:
     err = proc.stderr.read().decode()
     assert code == 130, err
     assert "Traceback" not in err
+    rest = proc.stdout.read()
+    assert (first + rest).endswith(b"\n")  # the partial answer ends its line: the shell's
+    assert not (first + rest).endswith(b"\n\n")  # prompt is not left on the answer's line
 
 
 def test_missing_model_is_pulled_first_unless_no_pull(cli: Cli) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections.abc import Mapping
@@ -216,7 +217,12 @@ def answer(session: AnySession, prompt: str, sink: StdoutSink | None) -> Result:
         for piece in turn:
             if sink is not None:
                 sink.write(piece)
-    except (KeyboardInterrupt, OutputClosed):
+    except OutputClosed:
+        raise
+    except KeyboardInterrupt:  # the partial answer ends its line, so the shell's prompt
+        if sink is not None and sink.started:  # starts on a line of its own
+            with contextlib.suppress(OutputClosed):
+                sink.close()
         raise
     except BaseException:
         if sink is not None and sink.started:
