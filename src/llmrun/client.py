@@ -120,11 +120,12 @@ class RemoteSession:
             if resp.status_code not in (400, 422, 500):
                 break
             said = _message(error_body, resp.status_code)
-            refused = [k for k in EXTRA_SAMPLING if k in body and k in said]
-            if refused:
-                self._dropped.update(refused)
+            if any(k in body and k in said for k in EXTRA_SAMPLING):
+                # a server that refuses one of llama.cpp's extra fields takes none of them
+                extras = [k for k in EXTRA_SAMPLING if k in body]
+                self._dropped.update(extras)
                 if self.warn is not None:
-                    self.warn(f"the server does not take {', '.join(refused)}; sent without")
+                    self.warn(f"the server does not take {', '.join(extras)}; sent without")
                 continue
             if (self.sampling.json_schema is not None and not self._schema_as_object
                     and ("response_format" in said or "json_schema" in said)):
