@@ -6,7 +6,6 @@ Library code: returns a report; cli/doctor.py prints it."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -54,23 +53,12 @@ def _nvidia_gpus() -> list[str]:
     return names
 
 
-def _build(env: dict[str, str] | None = None) -> tuple[dict[str, Any] | None, str]:
+def _build() -> tuple[dict[str, Any] | None, str]:
     """The build's own report (native_probe --info) from a child, or None and why not."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "llmrun.native_probe", "--info"],
-                              capture_output=True, timeout=native_check.CHILD_TIMEOUT,
-                              stdin=subprocess.DEVNULL, env=env)
-    except subprocess.TimeoutExpired:
-        return None, "timed out"
-    if proc.returncode != 0:
-        sig = native_check.signal_name(proc.returncode)
-        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        return None, (f"killed by {sig}" if sig else f"exit {proc.returncode}") + (
-            f": {lines[-1][:200]}" if lines else "")
-    try:
-        return json.loads(proc.stdout.decode().strip().splitlines()[-1]), ""
-    except (ValueError, IndexError):
-        return None, "no report"
+    outcome, _, detail, report = native_check.run_child(["--info"])
+    if outcome != "ok":
+        return None, outcome + (f": {detail[:200]}" if detail else "")
+    return report, ""
 
 
 def _disk(path: Path) -> dict[str, Any]:

@@ -62,7 +62,6 @@ class Attempt:
 @dataclass
 class Outcome:
     config: Config
-    checked: bool = False  # a self-test ran now (else: remembered, or not needed)
     notice: str | None = None  # one line for the user when the configuration is not the default
     offload: bool | None = None  # whether the build offloaded to a GPU in the self-test
     attempts: list[Attempt] = field(default_factory=list)
@@ -163,35 +162,41 @@ def matrix_types(samples: Mapping[str, tuple[int, int]]) -> list[str]:
     return sorted(t for t in samples if tiny_model.can_write(t, samples)) or ["F32"]
 
 
-def run_probe(model: Path, config: Config, *, gpu: bool, threads: int | None,
-              flash_attn: bool | None, timeout: float = CHILD_TIMEOUT,
-              env: Mapping[str, str] | None = None) -> tuple[Attempt, dict[str, Any]]:
-    """One child: load ``model`` with ``config`` and decode. (attempt, the child's report)."""
-    cmd = [sys.executable, "-m", "llmrun.native_probe", str(model),
-           "--extra-bufts", "1" if config.extra_bufts else "0",
-           "--gpu-layers", "-1" if gpu else "0", "--threads", str(threads or 0),
-           "--flash-attn", "" if flash_attn is None else str(int(flash_attn))]
-    if config.preload:
-        cmd += ["--preload", config.preload]
+def run_child(args: list[str], *, timeout: float = CHILD_TIMEOUT,
+              env: Mapping[str, str] | None = None) -> tuple[str, float, str, dict[str, Any]]:
+    """``python -m llmrun.native_probe ARGS``: (outcome, seconds, the child's last stderr line
+    when it failed, its JSON report). Outcome: "ok", a signal name ("SIGSEGV"), "exit N",
+    "timeout" or "no report"."""
+    cmd = [sys.executable, "-m", "llmrun.native_probe", *args]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
                               env=dict(env) if env is not None else None)
     except subprocess.TimeoutExpired:
-        return Attempt(config, "timeout", time.perf_counter() - start), {}
+        return "timeout", time.perf_counter() - start, "", {}
     took = time.perf_counter() - start
     lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
     detail = lines[-1][:300] if lines else ""
-    sig = signal_name(proc.returncode)
-    if sig is not None:
-        return Attempt(config, sig, took, detail), {}
     if proc.returncode != 0:
-        return Attempt(config, f"exit {proc.returncode}", took, detail), {}
+        return signal_name(proc.returncode) or f"exit {proc.returncode}", took, detail, {}
     try:
         report = json.loads(proc.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return Attempt(config, "no report", took, detail), {}
-    return Attempt(config, "ok", took), report
+        return "no report", took, detail, {}
+    return "ok", took, "", report
+
+
+def run_probe(model: Path, config: Config, *, gpu: bool, threads: int | None,
+              flash_attn: bool | None, timeout: float = CHILD_TIMEOUT,
+              env: Mapping[str, str] | None = None) -> tuple[Attempt, dict[str, Any]]:
+    """One child: load ``model`` with ``config`` and decode. (attempt, the child's report)."""
+    args = [str(model), "--extra-bufts", "1" if config.extra_bufts else "0",
+            "--gpu-layers", "-1" if gpu else "0", "--threads", str(threads or 0),
+            "--flash-attn", "" if flash_attn is None else str(int(flash_attn))]
+    if config.preload:
+        args += ["--preload", config.preload]
+    outcome, took, detail, report = run_child(args, timeout=timeout, env=env)
+    return Attempt(config, outcome, took, detail), report
 
 
 def self_test(model: Path, types: Iterable[str], samples: Mapping[str, tuple[int, int]], *,
@@ -202,7 +207,7 @@ def self_test(model: Path, types: Iterable[str], samples: Mapping[str, tuple[int
     from . import tiny_model
 
     start = time.perf_counter()
-    out = Outcome(Config(extra_bufts=mode != "off"), checked=True)
+    out = Outcome(Config(extra_bufts=mode != "off"))
     with tempfile.TemporaryDirectory(prefix="llmrun-selftest-") as tmp:
         tiny = Path(tmp) / "selftest.gguf"
         tiny_model.write(tiny, list(types), source=model, samples=samples)
@@ -270,6 +275,16 @@ class _State:
         checks = data.get("checks")
         return checks if isinstance(checks, dict) else {}
 
+    def outcome(self, fp: str, key: str) -> Outcome | None:
+        """The remembered result of check ``key``, if there is a readable one."""
+        known = self.load(fp).get(key)
+        if isinstance(known, dict) and isinstance(known.get("config"), dict):
+            try:
+                return Outcome(Config(**known["config"]), offload=known.get("offload"))
+            except TypeError:
+                pass
+        return None
+
     def save(self, fp: str, checks: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -298,12 +313,8 @@ def ensure(model: Path, samples: Mapping[str, tuple[int, int]], *, mode: str, gp
     key = check_key(mode, gpu, types)
     fp = fingerprint()
     state = _State(state_dir / STATE_FILE) if state_dir is not None else None
-    known = state.load(fp).get(key) if state is not None else None
-    if isinstance(known, dict) and isinstance(known.get("config"), dict):
-        try:
-            return Outcome(Config(**known["config"]), offload=known.get("offload"))
-        except TypeError:
-            pass
+    if state is not None and (known := state.outcome(fp, key)) is not None:
+        return known
     lock = None
     if state is not None and state_dir is not None:
         from filelock import FileLock
@@ -312,13 +323,9 @@ def ensure(model: Path, samples: Mapping[str, tuple[int, int]], *, mode: str, gp
         lock = FileLock(str(state_dir / (STATE_FILE + ".lock")))
         lock.acquire(timeout=len(candidates(mode)) * CHILD_TIMEOUT + 60)
     try:
-        if state is not None:  # another process may have finished the same check meanwhile
-            known = state.load(fp).get(key)
-            if isinstance(known, dict) and isinstance(known.get("config"), dict):
-                try:
-                    return Outcome(Config(**known["config"]), offload=known.get("offload"))
-                except TypeError:
-                    pass
+        # another process may have finished the same check meanwhile
+        if state is not None and (known := state.outcome(fp, key)) is not None:
+            return known
         out = self_test(model, types, samples, mode=mode, gpu=gpu, threads=threads,
                         flash_attn=flash_attn)
         log.debug("engine self-test for %s: %s in %.2fs", key,
