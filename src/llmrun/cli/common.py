@@ -44,21 +44,9 @@ def parse_ref(text: str) -> Ref:
 
 def _pull(ref: Ref) -> Manifest:
     """Pull a missing model with progress on stderr, like `ollama run`."""
-    from ..pull import pull
-    from .progress import PullEvents
+    from .progress import pull_with_progress
 
-    events = PullEvents(quiet=False)
-    try:
-        return pull(ref, settings(), events)
-    except KeyboardInterrupt:
-        events.close()
-        from . import output
-
-        output.info(f"interrupted: what was downloaded is kept; `llmrun pull {ref.display}` "
-                    "resumes it")
-        raise
-    finally:
-        events.close()
+    return pull_with_progress(ref, settings())
 
 
 def ensure_local(text: str, *, no_pull: bool) -> tuple[Path, str, Entry | None]:

@@ -11,6 +11,9 @@ from . import output
 
 if TYPE_CHECKING:  # keeps the pull module off the start-up path
     from ..pull import Plan
+    from ..refs import Ref
+    from ..settings import Settings
+    from ..store import Manifest
 
 
 class PullEvents:
@@ -60,3 +63,22 @@ class PullEvents:
 
     def close(self) -> None:
         self.file_done("")
+
+
+def pull_with_progress(ref: Ref, settings: Settings, *, quiet: bool = False,
+                       force: bool = False) -> Manifest:
+    """Pull with the plan and progress on stderr (`pull`, and every command that pulls a missing
+    model first); Ctrl-C says what was kept and the command that resumes it."""
+    from ..pull import pull
+
+    events = PullEvents(quiet)
+    try:
+        return pull(ref, settings, events, force=force)
+    except KeyboardInterrupt:
+        events.close()  # the bar off the screen before the line
+        output.info(f"interrupted: what was downloaded is kept; `llmrun pull {ref.display}` "
+                    "resumes it")
+        raise
+    finally:
+        events.close()
+

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from . import common, output
-from .progress import PullEvents
+from .progress import pull_with_progress
 
 
 def pull_cmd(
@@ -17,20 +17,9 @@ def pull_cmd(
                                         help="print only the model path on stdout")] = False,
 ) -> None:
     """Download a model (resumable, sha256-verified) into the Hugging Face cache."""
-    from ..pull import pull
-
     refs = [common.parse_ref(n) for n in names]  # validate all before downloading any
     for ref in refs:
-        events = PullEvents(quiet)
-        try:
-            manifest = pull(ref, common.settings(), events, force=force)
-        except KeyboardInterrupt:
-            events.close()
-            output.info(f"interrupted: what was downloaded is kept; `llmrun pull "
-                        f"{ref.display}` resumes it")
-            raise
-        finally:
-            events.close()
+        manifest = pull_with_progress(ref, common.settings(), quiet=quiet, force=force)
         if quiet:
             output.write(f"{manifest.model_path}\n")
         else:
