@@ -18,25 +18,23 @@ from .session import Message, Turn
 EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty")  # llama.cpp/vLLM fields, not OpenAI's
 
 
-def _message(body: str, status: int) -> str:
-    """The server's error message, on one line."""
+def _parse(body: str, status: int) -> tuple[str, str | None]:
+    """The server's error message, on one line, and its error code if it gave one."""
+    code = None
     try:
         err = json.loads(body).get("error", {})
         message = err.get("message") if isinstance(err, dict) else str(err)
+        code = err.get("code") if isinstance(err, dict) else None
     except (ValueError, AttributeError):
         message = body
-    return " ".join(str(message or f"HTTP {status}").split())[:300]
+    return " ".join(str(message or f"HTTP {status}").split())[:300], code
 
 
 def _error(status: int, body: str, url: str) -> LlmrunError:
     """A server's refusal as llmrun's error: the server's own message, and an exit code that
     says whose fault it is (a rejected request is not a network fault)."""
-    try:
-        err = json.loads(body).get("error", {})
-        code = err.get("code") if isinstance(err, dict) else None
-    except (ValueError, AttributeError):
-        code = None
-    message = f"{url}: {_message(body, status)}"
+    said, code = _parse(body, status)
+    message = f"{url}: {said}"
     if status == 401 or status == 403:
         return AuthError(message, hint="pass --api-key or set LLMRUN_API_KEY")
     if status == 404:
@@ -119,7 +117,7 @@ class RemoteSession:
             resp.close()
             if resp.status_code not in (400, 422, 500):
                 break
-            said = _message(error_body, resp.status_code)
+            said, _ = _parse(error_body, resp.status_code)
             if any(k in body and k in said for k in EXTRA_SAMPLING):
                 # a server that refuses one of llama.cpp's extra fields takes none of them
                 extras = [k for k in EXTRA_SAMPLING if k in body]

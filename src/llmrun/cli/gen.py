@@ -102,19 +102,30 @@ def _overrides(f: Flags) -> dict[str, Any]:
     return {k: getattr(f, k) for k in SAMPLING_KEYS if getattr(f, k) is not None}
 
 
-def _sampling(f: Flags, defaults: Mapping[str, Any] | None = None) -> Sampling:
-    """The flags over the registry's defaults over the built-ins (datatypes.layer_sampling)."""
+def _sampling(f: Flags) -> Sampling:
+    """The flags over the built-ins; a local model's registry defaults are layered under the
+    flags later (_with_defaults). Checks --format and reads --schema, before a pull or a load."""
     from ..datatypes import layer_sampling
 
     if f.fmt not in (None, "json"):
         raise UsageError(f"unknown --format {f.fmt!r}", hint="the only format is 'json'")
-    sampling = layer_sampling(_overrides(f), defaults or {})
+    sampling = layer_sampling(_overrides(f), {})
     # llama-cpp-python's default seed is fixed: without --seed, draw one so that sampled
     # answers differ between runs, as users expect
     sampling.seed = f.seed if f.seed is not None else secrets.randbelow(2**31)
     sampling.max_tokens, sampling.stop = f.max_tokens, list(f.stop or [])
     sampling.json_schema, sampling.json_any = _schema(f.schema), f.fmt == "json"
     return sampling
+
+
+def _with_defaults(sampling: Sampling, f: Flags, defaults: Mapping[str, Any]) -> Sampling:
+    """``sampling`` with the registry's defaults under the flags (datatypes.layer_sampling)."""
+    from dataclasses import replace
+
+    from ..datatypes import SAMPLING_KEYS, layer_sampling
+
+    layered = layer_sampling(_overrides(f), defaults)
+    return replace(sampling, **{k: getattr(layered, k) for k in SAMPLING_KEYS})
 
 
 def open_session(model: str, f: Flags, *, system: str | None,
@@ -136,9 +147,10 @@ def open_session(model: str, f: Flags, *, system: str | None,
                              warn=output.warn)
     if f.raw and system:
         raise UsageError("--system has no effect with --raw (no chat template is used)")
-    _sampling(f)  # validate flags before a pull or a load
+    sampling = _sampling(f)  # validate flags before a pull or a load
     path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
-    sampling = _sampling(f, entry.defaults.model_dump() if entry is not None else None)
+    if entry is not None:
+        sampling = _with_defaults(sampling, f, entry.defaults.model_dump())
     loaded = load_model(path, name, entry, ctx=f.ctx, gpu_layers=f.gpu_layers,
                         threads=f.threads, verbose=f.verbose)
     if entry is not None and not entry.instruct:  # the registry knows it is a base model
