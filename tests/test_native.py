@@ -285,8 +285,9 @@ def test_bench_bad_input(gemma_cli: Cli, cli: Cli) -> None:
     assert missing.returncode == 3 and "Hint: llmrun pull gemma3:270m-base" in missing.stderr
 
 
-def test_self_test_child_env_is_inherited() -> None:
-    """The hook reaches the child only through the environment (a user never sets it)."""
+def test_the_fault_hook_is_off_unless_a_test_sets_it() -> None:
+    """A guard on the suite itself: the test hook is not in the environment the tests run in,
+    nor in the one make_env() gives llmrun, so only the tests above that set it see faults."""
     assert native_check.FAULT_ENV not in make_env(Path("/tmp"))
     assert os.environ.get(native_check.FAULT_ENV) is None
 
