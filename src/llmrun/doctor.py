@@ -153,8 +153,8 @@ def gather(home: Path, *, mode: str, model: Path | None = None,
         problems.append({"problem": f"only {free / 2**30:.1f} GiB free for models in "
                                     f"{hub.cache_dir()}", "severity": "warning",
                          "fix": "llmrun prune   (or set HF_HUB_CACHE to a larger disk)"})
-    report["token"] = {"configured": hub.token_source() is not None,
-                       "source": hub.token_source()}
+    token = hub.token_source()
+    report["token"] = {"configured": token is not None, "source": token}
     pinger.join(HUB_TIMEOUT + 2)
     report["hub"] = {**hub_result, "offline": hub.is_offline()}
     report["remembered"] = native_check.remembered(home / "state")
