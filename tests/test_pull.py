@@ -483,3 +483,38 @@ def test_an_untagged_reference_means_the_default_quant(hcli: Cli, hub: HubDouble
     assert len(_gets(hub, Q4)) == 1 and _blob(hcli.root, _data(1)).exists()
     again = hcli("pull", f"hf.co/{REPO}")  # now present: nothing fetched
     assert again.returncode == 0 and len(_gets(hub, Q4)) == 1
+
+
+@pytest.mark.parametrize(("said", "warned"), [(256, False), (4096, True)])
+def test_pull_compares_the_registry_context_with_the_gguf(
+        hcli: Cli, hub: HubDouble, tmp_path: Path, said: int, warned: bool) -> None:
+    from llmrun import tiny_model
+
+    model = tmp_path / "ctx.gguf"
+    tiny_model.write(model, ["F16"])  # trained context 256 (Shape's default)
+    data = model.read_bytes()
+    hub.add_file("test-org/ctx-GGUF", "ctx-F16.gguf", data)
+    (hcli.root / "home").mkdir()
+    (hcli.root / "home" / "models.yaml").write_text(f"""
+schema: 1
+models:
+  ctx:tiny:
+    title: Tiny
+    family: tiny
+    params: 1M
+    license: mit
+    repo: test-org/ctx-GGUF
+    context_length: {said}
+    default_quant: F16
+    quants:
+      F16:
+        files: [{{path: ctx-F16.gguf, size: {len(data)}}}]
+""")
+    proc = hcli("pull", "ctx:tiny")
+    assert proc.returncode == 0, proc.stderr
+    message = f"the registry says ctx:tiny was trained on a context of {said} tokens"
+    assert (message in proc.stderr) is warned
+    if warned:
+        assert "its GGUF says 256: llmrun uses the GGUF's" in proc.stderr
+    listed = json.loads(hcli("catalog", "ctx", "--json").stdout)
+    assert listed[0]["context_length"] == said

@@ -193,7 +193,27 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     manifest = Manifest(plan.name, plan.kind, plan.repo, plan.revision, plan.quant, stored,
                         plan.source)
     store.save(manifest)
+    _check_registry_facts(ref, stored, events)
     return manifest
+
+
+def _check_registry_facts(ref: Ref, stored: list[StoredFile], events: Events) -> None:
+    """Compare what the registry says about a model with what the pulled GGUF says, and warn
+    when they differ: the GGUF is what runs (registry-facts.md: the context length is read from
+    the metadata at runtime), so a wrong registry fact must not pass unnoticed."""
+    from .gguf_file import read_info
+
+    if not isinstance(ref, RegistryRef) or ref.entry.context_length is None or not stored:
+        return
+    first = sorted(stored, key=lambda f: f.path)[0]
+    try:
+        actual = read_info(Path(first.local)).context_length
+    except LlmrunError:  # a bad header is for run and verify to report, with their hints
+        return
+    if actual is not None and actual != ref.entry.context_length:
+        events.warn(f"the registry says {ref.name} was trained on a context of "
+                    f"{ref.entry.context_length} tokens, its GGUF says {actual}: llmrun uses "
+                    "the GGUF's")
 
 
 def _fetch_one(plan: Plan, f: PlannedFile, blobs: Path, settings: Settings, events: Events,

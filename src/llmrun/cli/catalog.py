@@ -25,7 +25,8 @@ def catalog_cmd(
             continue
         size = e.quants[e.default_quant].size
         rows.append({"name": name, "title": e.title, "params": e.params,
-                     "quant": e.default_quant, "size": size, "license": e.license,
+                     "quant": e.default_quant, "size": size,
+                     "context_length": e.context_length, "license": e.license,
                      "pulled": name in pulled, "fits": None if size is None else size * 1.2 < ram,
                      "quants": list(e.quants), "repo": e.repo})
     if term and not rows:
@@ -38,6 +39,14 @@ def catalog_cmd(
         output.write_json(rows)
         return
     yn = {True: "yes", False: "no", None: "?"}
-    output.table(["NAME", "PARAMS", "QUANT", "SIZE", "LICENSE", "PULLED", "FITS RAM"],
-                 [[r["name"], r["params"], r["quant"], output.human_size(r["size"]),
-                   r["license"], yn[r["pulled"]], yn[r["fits"]]] for r in rows], right={1, 3})
+    output.table(["NAME", "PARAMS", "CONTEXT", "QUANT", "SIZE", "LICENSE", "PULLED", "FITS RAM"],
+                 [[r["name"], r["params"], _context(r["context_length"]), r["quant"],
+                   output.human_size(r["size"]), r["license"], yn[r["pulled"]], yn[r["fits"]]]
+                  for r in rows], right={1, 2, 4})
+
+
+def _context(tokens: int | None) -> str:
+    """128K for 131072: the way model cards write a context length."""
+    if tokens is None:
+        return "?"
+    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
