@@ -22,7 +22,7 @@ GEMMA_SIZE = 253113024
 
 def make_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LLMRUN_", "HF_", "HUGGINGFACE_"))}
+           if not k.startswith(("LLMRUN_", "HF_", "HUGGINGFACE_", "OPENAI_"))}
     env.update(LLMRUN_HOME=str(root / "home"), HF_HUB_CACHE=str(root / "hub"),
                HF_HOME=str(root / "hf"), HF_HUB_DISABLE_TELEMETRY="1", NO_COLOR="1",
                PYTHONUNBUFFERED="1")

@@ -191,3 +191,56 @@ def test_temperature_range_is_the_servers(cli: Cli) -> None:
     proc = cli("run", "some-model", "--endpoint", "http://127.0.0.1:9", "--temperature", "2.5",
                "hi")
     assert proc.returncode == 2 and "less than or equal to 2" in proc.stderr
+
+
+# ---- OPENAI_BASE_URL / OPENAI_API_KEY: honoured when llmrun has no setting of its own -------
+def test_openai_base_url_is_used_and_said(recorder: tuple[str, type[_Recorder]],
+                                         cli: Cli) -> None:
+    url, rec = recorder
+    auth: list[str | None] = []
+    rec.do_POST = _recording_auth(rec.do_POST, auth)  # type: ignore[method-assign]
+    env = {"OPENAI_BASE_URL": url + "/v1", "OPENAI_API_KEY": "sk-test-secret"}
+    proc = cli("run", "some-model", "--raw", "hi", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ok\n" and len(rec.bodies) == 1
+    assert auth == ["Bearer sk-test-secret"]  # the key goes where the SDK would send it
+    assert f"sending to {url}/v1 (OPENAI_BASE_URL)" in proc.stderr
+    assert "sk-test-secret" not in proc.stderr + proc.stdout
+
+
+def test_openai_api_key_never_goes_to_another_server(recorder: tuple[str, type[_Recorder]],
+                                                     cli: Cli) -> None:
+    url, rec = recorder
+    auth: list[str | None] = []
+    rec.do_POST = _recording_auth(rec.do_POST, auth)  # type: ignore[method-assign]
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-test-secret"}
+    for extra in ({"LLMRUN_ENDPOINT": url}, {}):  # llmrun's setting, then its flag, win
+        args = () if extra else ("--endpoint", url)
+        proc = cli("run", "some-model", "--raw", *args, "hi", env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        assert "OPENAI_BASE_URL" not in proc.stderr
+    assert auth == [None, None]
+    proc = cli("run", "some-model", "--raw", "--endpoint", url, "--api-key", "mine", "hi",
+               env=env)
+    assert proc.returncode == 0 and auth[-1] == "Bearer mine"
+
+
+def test_empty_llmrun_endpoint_keeps_a_run_local(cli: Cli) -> None:
+    env = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "LLMRUN_ENDPOINT": ""}
+    proc = cli("run", "gemma3:270m-base", "--no-pull", "hi", env=env)  # the notice's hint works
+    assert proc.returncode == 3 and "not pulled" in proc.stderr, proc.stderr
+    assert "OPENAI_BASE_URL" not in proc.stderr and "127.0.0.1:9" not in proc.stderr
+
+
+def test_a_bad_openai_base_url_is_named(cli: Cli) -> None:
+    proc = cli("run", "some-model", "hi", env={"OPENAI_BASE_URL": "localhost:8000"})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == (
+        "Error: OPENAI_BASE_URL must be an http(s) URL, got 'localhost:8000'")
+
+
+def _recording_auth(post: Any, seen: list[str | None]) -> Any:
+    def do_post(self: BaseHTTPRequestHandler) -> None:
+        seen.append(self.headers.get("Authorization"))
+        post(self)
+    return do_post

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import UsageError
 
 
 def _default_home() -> Path:
@@ -44,3 +50,40 @@ class Settings(BaseSettings):
     @property
     def user_registry(self) -> Path:
         return self.home / "models.yaml"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where `run`/`chat` send a conversation instead of loading a model, and why."""
+
+    url: str
+    api_key: str | None
+    source: str  # "--endpoint", "LLMRUN_ENDPOINT" or "OPENAI_BASE_URL"
+
+
+OPENAI_HOST = "api.openai.com"
+
+
+def remote(settings: Settings, endpoint: str | None = None, api_key: str | None = None,
+           environ: Mapping[str, str] = os.environ) -> Remote | None:
+    """The server to use, or None to run locally. ``endpoint`` and ``api_key`` are the flags.
+
+    llmrun's own settings come first; with none, the OpenAI SDK's ``OPENAI_BASE_URL`` is
+    honoured (``LLMRUN_ENDPOINT=`` set empty keeps a run local). ``OPENAI_API_KEY`` is sent
+    only where the OpenAI SDK would send it, to ``OPENAI_BASE_URL`` or to OpenAI's own API,
+    never to a server named some other way."""
+    url, source = endpoint, "--endpoint"
+    if not url:
+        url, source = settings.endpoint, "LLMRUN_ENDPOINT"
+        if url is None:
+            url, source = environ.get("OPENAI_BASE_URL") or None, "OPENAI_BASE_URL"
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{source} must be an http(s) URL, got {url!r}",
+                         hint="for example --endpoint http://127.0.0.1:8000/v1")
+    key = api_key or settings.api_key
+    if not key and (source == "OPENAI_BASE_URL" or parts.hostname == OPENAI_HOST):
+        key = environ.get("OPENAI_API_KEY") or None
+    return Remote(url, key, source)

@@ -49,9 +49,10 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="timings on stder
 NoPull = Annotated[bool, typer.Option("--no-pull", help="fail instead of pulling")]
 Endpoint = Annotated[str | None, typer.Option(
     "--endpoint", help="an OpenAI-compatible server (e.g. http://gpu-box:8000) to use instead "
-    "of a local model [env LLMRUN_ENDPOINT]")]
+    "of a local model [env LLMRUN_ENDPOINT, else OPENAI_BASE_URL]")]
 ApiKey = Annotated[str | None, typer.Option(
-    "--api-key", help="Bearer token for --endpoint [env LLMRUN_API_KEY]")]
+    "--api-key", help="Bearer token for --endpoint [env LLMRUN_API_KEY; OPENAI_API_KEY goes "
+    "only to OPENAI_BASE_URL or api.openai.com]")]
 
 
 @dataclass(kw_only=True)
@@ -131,18 +132,19 @@ def _with_defaults(sampling: Sampling, f: Flags, defaults: Mapping[str, Any]) ->
 def open_session(model: str, f: Flags, *, system: str | None,
                  trim: bool = False) -> AnySession:
     from ..session import Session
+    from ..settings import remote
 
-    s = common.settings()
-    endpoint = f.endpoint or s.endpoint
-    if endpoint:
+    target = remote(common.settings(), f.endpoint, f.api_key)
+    if target is not None:
         from ..client import RemoteSession
 
-        if not endpoint.startswith(("http://", "https://")):
-            raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+        if target.source == "OPENAI_BASE_URL":  # not llmrun's own setting: never silent
+            output.notice(f"sending to {target.url} (OPENAI_BASE_URL); `LLMRUN_ENDPOINT= "
+                          f"llmrun ...` runs the model here")
         overrides = _overrides(f)  # only what the user set: the server's and the model's
         if f.seed is not None:  # own defaults stand for the rest
             overrides["seed"] = f.seed
-        return RemoteSession(endpoint, model, _sampling(f), f.api_key or s.api_key,
+        return RemoteSession(target.url, model, _sampling(f), target.api_key,
                              system=system, raw=f.raw, trim=trim, overrides=overrides,
                              warn=output.warn)
     if f.raw and system:
