@@ -526,7 +526,10 @@ class FakeLoader:
 
 
 def _prepare(n: int) -> Any:
-    return lambda engine: ([1, 2, 3], Sampling(max_tokens=n))
+    from llmrun.session import text_deltas
+
+    return lambda engine, result: text_deltas(
+        engine.generate([1, 2, 3], Sampling(max_tokens=n), result))
 
 
 async def _drain(job: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .datatypes import Result, Sampling
 from .errors import AuthError, ContextOverflow, LlmrunError, NetworkError, NotFound, UsageError
+from .formats import Delta
 from .session import Message, Turn
 
 EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty")  # llama.cpp/vLLM fields, not OpenAI's
@@ -73,6 +74,7 @@ class RemoteSession:
     last: Result | None = None
     _dropped: set[str] = field(default_factory=set)  # extra fields this server refused
     _schema_as_object: bool = False  # the server takes a schema only with json_object
+    think: bool | str | None = None  # sent only when set: the server's default stands
 
     def _payload(self, text: str) -> tuple[str, dict[str, Any]]:
         s = self.sampling
@@ -90,6 +92,12 @@ class RemoteSession:
                     "name": "output", "schema": s.json_schema, "strict": True}})
         elif s.json_any:
             body["response_format"] = {"type": "json_object"}
+        if self.think is not None and not self.raw:  # the conventions of llama.cpp's
+            # server, vLLM and llmrun serve: a switch for the template, or an effort level
+            if isinstance(self.think, str):
+                body["reasoning_effort"] = self.think
+            else:
+                body["chat_template_kwargs"] = {"enable_thinking": self.think}
         body = {k: v for k, v in body.items() if v is not None}
         if self.raw:
             return "/v1/completions", {**body, "prompt": text}
@@ -132,11 +140,12 @@ class RemoteSession:
             break
         raise _error(resp.status_code, error_body, url + path)
 
-    def _stream(self, text: str, result: Result) -> Iterator[str]:
+    def _stream(self, text: str, result: Result) -> Iterator[Delta]:
         import httpx
 
         start = time.perf_counter()
         first: float | None = None
+        calls: dict[int, dict[str, Any]] = {}  # streamed tool calls, merged by index
         try:
             with httpx.Client(timeout=httpx.Timeout(30.0, read=600.0)) as client:
                 resp = self._open(client, text)
@@ -156,12 +165,12 @@ class RemoteSession:
                             result.completion_tokens = int(usage["completion_tokens"])
                             result.usage_known = True
                         for choice in chunk.get("choices") or []:
-                            piece = (choice.get("delta") or {}).get("content") if not self.raw \
-                                else choice.get("text")
-                            if piece:
+                            delta = self._delta(choice, calls)
+                            if delta:
                                 first = first or time.perf_counter()
-                                result.text += piece
-                                yield piece
+                                result.text += delta.content
+                                result.reasoning += delta.reasoning
+                                yield delta
                             if choice.get("finish_reason"):
                                 result.finish_reason = choice["finish_reason"]
                 finally:
@@ -173,8 +182,26 @@ class RemoteSession:
             now = time.perf_counter()
             result.prompt_s = (first or now) - start
             result.gen_s = now - (first or now)
+            result.tool_calls = [calls[i] for i in sorted(calls)]
             if not self.raw and result.text:
                 self.messages.append({"role": "assistant", "content": result.text.strip()})
+
+    def _delta(self, choice: dict[str, Any], calls: dict[int, dict[str, Any]]) -> Delta:
+        """One streamed choice as a Delta: the trace under either name servers use
+        (``reasoning_content``: DeepSeek, llama.cpp, llmrun; ``reasoning``: newer vLLM), and
+        tool calls merged from their fragments (reported whole in the Result)."""
+        if self.raw:
+            return Delta(content=str(choice.get("text") or ""))
+        d = choice.get("delta") or {}
+        for frag in d.get("tool_calls") or []:
+            call = calls.setdefault(int(frag.get("index", len(calls))), {
+                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = frag.get("id") or call["id"]
+            fn = frag.get("function") or {}
+            call["function"]["name"] += fn.get("name") or ""
+            call["function"]["arguments"] += fn.get("arguments") or ""
+        trace = d.get("reasoning_content") or d.get("reasoning") or ""
+        return Delta(reasoning=str(trace), content=str(d.get("content") or ""))
 
     def prepare(self) -> None:
         """Nothing to do ahead of time: the server evaluates the prompt."""

@@ -14,7 +14,8 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 
 @dataclass
 class LoadOptions:
-    n_ctx: int | None = None  # None: min(DEFAULT_CTX, trained context)
+    n_ctx: int | None = None  # None: ctx_default if memory allows, else DEFAULT_CTX (<= trained)
+    ctx_default: int | None = None  # the registry entry's preferred context
     n_gpu_layers: int | None = None  # None: all when the build can offload, else 0
     n_threads: int | None = None  # None: physical cores
     n_batch: int = 512
@@ -36,11 +37,14 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     json_schema: dict[str, Any] | None = None
     json_any: bool = False
+    tool_grammar: dict[str, Any] | None = None  # formats.grammar.ToolGrammar.as_dict()
 
 
 @dataclass
 class Result:
-    text: str = ""
+    text: str = ""  # the answer (for a chat model, its trace and tool calls are apart)
+    reasoning: str = ""  # the reasoning trace, when the model wrote one
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -52,8 +56,13 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         known = self.usage_known
+        extra: dict[str, Any] = {}
+        if self.reasoning:
+            extra["reasoning"] = self.reasoning
+        if self.tool_calls:
+            extra["tool_calls"] = self.tool_calls
         return {
-            "text": self.text, "finish_reason": self.finish_reason,
+            "text": self.text, **extra, "finish_reason": self.finish_reason,
             "usage": {"prompt_tokens": self.prompt_tokens if known else None,
                       "completion_tokens": self.completion_tokens if known else None,
                       "total_tokens": self.prompt_tokens + self.completion_tokens if known

@@ -84,6 +84,7 @@ class SamplingDefaults(_Strict):
     repeat_penalty: float | None = Field(None, gt=0, le=5)
 
 
+Capability = Literal["thinking", "tools", "vision", "embedding"]
 ChatFormat = Literal["gemma", "llama-2", "llama-3", "chatml", "mistral-instruct", "vicuna",
                      "zephyr", "phi-3"]
 
@@ -102,6 +103,12 @@ class Entry(_Strict):
     chat_format: ChatFormat | None = Field(
         None, description="template used when the GGUF has none (never the silent llama-2)")
     instruct: bool = True
+    capabilities: list[Capability] = Field(
+        default_factory=list, description="what the model can do beyond plain chat")
+    reasoning: Literal["think", "harmony"] | None = Field(
+        None, description="how it writes a reasoning trace (think tags, gpt-oss's harmony)")
+    ctx: int | None = Field(None, ge=512, description="default context for run/chat/serve "
+                            "(reasoning traces overflow 4096), lowered when memory is short")
     defaults: SamplingDefaults = SamplingDefaults()
     notes: str = ""
 
@@ -116,6 +123,13 @@ class Entry(_Strict):
     def _default_quant_exists(self) -> Entry:
         if self.default_quant not in self.quants:
             raise ValueError(f"default_quant {self.default_quant!r} is not among the quants")
+        return self
+
+    @model_validator(mode="after")
+    def _reasoning_means_thinking(self) -> Entry:
+        if self.reasoning is not None and "thinking" not in self.capabilities:
+            raise ValueError("an entry with a reasoning format must list the 'thinking' "
+                             "capability")
         return self
 
     @property

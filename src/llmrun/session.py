@@ -24,7 +24,11 @@ from typing import Any
 from .datatypes import Result, Sampling
 from .engine import PREFILL_PIECE, Model
 from .errors import ContextOverflow, UsageError
+from .formats import Delta, ReplyFormat
+from .formats.detect import opens_reasoning
+from .formats.messages import for_template
 from .readahead import ReadAhead
+from .reply import ReplySpec, ReplyStream, Think, reply_format, thinking_variables
 
 Message = dict[str, str]
 _NEXT = "\ue000llmrun-next-message\ue000"  # stands in for the message not typed yet
@@ -35,14 +39,30 @@ PAUSE_S = 0.5  # typing paused this long: the draft may be the message; evaluate
 
 @dataclass
 class Turn:
-    """One generation: iterate it for text pieces; ``result`` is complete afterwards."""
+    """One generation: iterate ``deltas`` for what each piece adds (trace, answer, tool
+    calls), or the Turn itself for the answer's text alone; ``result`` is complete
+    afterwards."""
 
-    pieces: Iterator[str]
+    deltas: Iterator[Delta]
     result: Result
     dropped: int = 0  # turns trimmed from the front to make room
 
     def __iter__(self) -> Iterator[str]:
-        return self.pieces
+        for delta in self.deltas:
+            if delta.content:
+                yield delta.content
+
+
+def text_deltas(pieces: Iterator[str]) -> Iterator[Delta]:
+    """Plain text pieces (no template, so no trace or tool calls) as Deltas; closing this
+    closes the generation at once."""
+    try:
+        for piece in pieces:
+            yield Delta(content=piece)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass
@@ -54,7 +74,24 @@ class Session:
     trim: bool = True  # chat trims old turns; run fails instead
     messages: list[Message] = field(default_factory=list)
     last: Result | None = None  # the latest reply's numbers, for /stats
+    think: Think = None  # thinking on/off or an effort level; None: the model's default
+    budget: int | None = None  # at most this many tokens of reasoning trace
+    reasoning: str | None = None  # the registry's reasoning format, over the template's
     _ahead: ReadAhead | None = field(default=None, init=False, repr=False)
+    _fmt: tuple[ReplyFormat, dict[str, Any]] | None = field(default=None, init=False,
+                                                            repr=False)
+
+    def reply_format(self) -> tuple[ReplyFormat, dict[str, Any]]:
+        """How the model writes replies, and the template variables that carry ``think``
+        (raises UsageError when the model cannot do what ``think`` asks)."""
+        if self._fmt is None:
+            fmt = reply_format(self.model, self.reasoning)
+            self._fmt = fmt, thinking_variables(fmt, self.think, self.model.name)
+        return self._fmt
+
+    def _render(self, messages: list[Message]) -> str:
+        fmt, variables = self.reply_format()
+        return self.model.format_chat(for_template(messages, fmt), variables=variables or None)
 
     @property
     def reserve(self) -> int:
@@ -67,7 +104,7 @@ class Session:
 
     def _tokens(self, messages: list[Message] | None = None) -> list[int]:
         """The prompt for ``messages`` (default: the conversation as it stands)."""
-        text = self.model.format_chat(self._all_messages() if messages is None else messages)
+        text = self._render(self._all_messages() if messages is None else messages)
         return self.model.tokenize(text, templated=True)
 
     def _fit(self) -> tuple[list[int], int]:
@@ -158,7 +195,7 @@ class Session:
         """The tokens the next prompt starts with: everything before the next user message
         (a template may place the system prompt inside the first user turn), then ``draft``."""
         history = self._all_messages() if history is None else history
-        text = self.model.format_chat([*history, {"role": "user", "content": _NEXT}])
+        text = self._render([*history, {"role": "user", "content": _NEXT}])
         cut = text.find(_NEXT)
         return self.model.tokenize(text[:cut] + draft, templated=True) if cut > 0 else []
 
@@ -173,7 +210,8 @@ class Session:
         result = self.last = Result()
         if self.raw:
             tokens = self.model.tokenize(text, templated=False)
-            return Turn(self.model.generate(tokens, self.sampling, result), result)
+            return Turn(text_deltas(self.model.generate(tokens, self.sampling, result)), result)
+        fmt, _ = self.reply_format()
         self.messages.append({"role": "user", "content": text})
         try:
             tokens, dropped = self._fit()
@@ -181,15 +219,19 @@ class Session:
         except ContextOverflow:
             self.messages.pop()
             raise
+        prompt = self._render(self._all_messages())
         sampling = Sampling(**{**self.sampling.__dict__,
                                "stop": self.sampling.stop + self.model.chat_stops()})
-        return Turn(self._record(self.model.generate(tokens, sampling, result), result),
-                    result, dropped)
+        spec = ReplySpec(fmt=fmt, in_reasoning=opens_reasoning(prompt, fmt),
+                         thinking=self.think is not False, budget=self.budget)
+        stream = ReplyStream(self.model, prompt, tokens, sampling, spec, result)
+        return Turn(self._record(iter(stream), result), result, dropped)
 
-    def _record(self, pieces: Iterator[str], result: Result) -> Iterator[str]:
+    def _record(self, deltas: Iterator[Delta], result: Result) -> Iterator[Delta]:
         try:
-            yield from pieces
-        finally:  # a reply stopped by Ctrl-C is kept as far as it got
+            yield from deltas
+        finally:  # a reply stopped by Ctrl-C is kept as far as it got; its trace is not
+            # kept (templates drop past traces; a trace is never fed back as the answer)
             self.messages.append({"role": "assistant", "content": result.text.strip()})
 
     def clear(self) -> None:

@@ -30,13 +30,18 @@ def chat_cmd(
     max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
     gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, verbose: gen.Verbose = False,
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
+    think: gen.Think = None, no_think: gen.NoThink = False,
+    show_thinking: gen.ShowThinking = None, think_budget: gen.ThinkBudget = None,
 ) -> None:
-    """Chat with a model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D exits."""
+    """Chat with a model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D exits. A
+    reasoning model's trace is shown dimmed on stderr (/thinking hide|show) and never
+    becomes part of the conversation the model sees again."""
     flags = gen.Flags(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                       repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens,
                       stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, raw=False,
                       fmt=None, schema=None, verbose=verbose, no_pull=no_pull,
-                      endpoint=endpoint, api_key=api_key)
+                      endpoint=endpoint, api_key=api_key, think=think, no_think=no_think,
+                      show_thinking=show_thinking, think_budget=think_budget)
     session = gen.open_session(model, flags, system=system, trim=True)
     local = getattr(session, "model", None)
     if local is not None:
@@ -50,44 +55,57 @@ def chat_cmd(
             raise TemplateError(f"{model} has no chat template, which chat needs",
                                 hint=f"plain completion needs none: llmrun run {model} --raw "
                                      '"TEXT"') from None
+    view = chat_commands.View(show_thinking)
     last = common.settings().home / "chats" / "last.json"
     if resume and last.is_file():
         session.load(last)
         output.info(f"resumed {len(session.messages)} message(s) from {last}")
     try:
         if sys.stdin.isatty() and sys.stdout.isatty():
-            _interactive(session, markdown and output.stdout_is_tty(), last, verbose,
+            _interactive(session, markdown and output.stdout_is_tty(), last, verbose, view,
                          local.name if local is not None else model)
         else:
-            _scripted(session, last, verbose)
+            _scripted(session, last, verbose, view)
     finally:
         session.abort()  # never tear the model down under a running read-ahead
 
 
-def _reply(session: Session, text: str, markdown: bool, verbose: bool) -> None:
+def _reply(session: Session, text: str, markdown: bool, verbose: bool,
+           view: chat_commands.View) -> None:
     turn = session.ask(text)
     if turn.dropped:
         output.warn(f"context full: dropped the {turn.dropped} oldest exchange(s)")
+    trace = gen.TraceSink(view.show_thinking)
     if markdown:
         from rich.console import Console
         from rich.live import Live
         from rich.markdown import Markdown
 
+        for delta in turn.deltas:  # the trace streams dimmed; the answer renders below it
+            trace.write(delta.reasoning)
+            if delta.content or delta.tool_calls:
+                break
+        trace.close()
         with Live(console=Console(), refresh_per_second=8) as live:
+            live.update(Markdown(turn.result.text))
             for _ in turn:
                 live.update(Markdown(turn.result.text))
     else:
         sink = gen.StdoutSink()
         try:
-            for piece in turn:
-                sink.write(piece)
+            for delta in turn.deltas:
+                trace.write(delta.reasoning)
+                if delta.content:
+                    trace.close()
+                    sink.write(delta.content)
         finally:
+            trace.close()
             sink.close()
     if verbose:
         gen.print_timings(turn.result)
 
 
-def _scripted(session: Session, last: Path, verbose: bool) -> None:
+def _scripted(session: Session, last: Path, verbose: bool, view: chat_commands.View) -> None:
     """stdin is not a terminal: one user message per line, replies separated by blank lines."""
     first = True
     session.prepare()
@@ -96,14 +114,14 @@ def _scripted(session: Session, last: Path, verbose: bool) -> None:
         if not text:
             continue
         if text.startswith("/"):
-            if chat_commands.handle(session, text, last) == "exit":
+            if chat_commands.handle(session, text, last, view) == "exit":
                 return
             session.prepare()
             continue
         if not first:
             output.write("\n")
         first = False
-        _reply(session, text, False, verbose)
+        _reply(session, text, False, verbose, view)
         session.save(_ensure(last))
         session.prepare()  # evaluate the next prompt's opening while the next line comes
 
@@ -114,7 +132,7 @@ def _ensure(path: Path) -> Path:
 
 
 def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
-                 name: str) -> None:
+                 view: chat_commands.View, name: str) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
 
@@ -146,13 +164,13 @@ def _interactive(session: Session, markdown: bool, last: Path, verbose: bool,
             continue
         if text.startswith("/"):
             try:
-                if chat_commands.handle(session, text, last) == "exit":
+                if chat_commands.handle(session, text, last, view) == "exit":
                     return
             except LlmrunError as exc:
                 output.error(exc.message, exc.hint)
             continue
         try:
-            _reply(session, text, markdown, verbose)
+            _reply(session, text, markdown, verbose, view)
         except KeyboardInterrupt:
             output.write("\n")
             output.info("(reply stopped)")

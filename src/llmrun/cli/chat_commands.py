@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,13 +22,21 @@ HELP = """\
 /save FILE         save the conversation as JSON
 /load FILE         load a conversation saved with /save
 /stats             timings of the last reply
+/thinking show|hide   show a reasoning model's trace (dimmed) or hide it
 \"\"\"                start or end a multi-line message"""
+
+@dataclass
+class View:
+    """How replies are shown (not what the model sees)."""
+
+    show_thinking: bool | None = None  # None: when stderr is a terminal
+
 
 _PARAMS = {"temperature": float, "top-p": float, "top-k": int, "min-p": float,
            "repeat-penalty": float, "seed": int, "max-tokens": int}
 
 
-def handle(session: Session, line: str, last: Path) -> str | None:
+def handle(session: Session, line: str, last: Path, view: View | None = None) -> str | None:
     cmd, _, arg = line.partition(" ")
     arg = arg.strip()
     if cmd in ("/bye", "/exit", "/quit"):
@@ -54,6 +63,12 @@ def handle(session: Session, line: str, last: Path) -> str | None:
             raise UsageError("usage: /load FILE")
         session.load(Path(arg).expanduser())
         output.info(f"loaded {len(session.messages)} message(s)")
+    elif cmd == "/thinking":
+        if arg not in ("show", "hide"):
+            raise UsageError("usage: /thinking show|hide")
+        if view is not None:
+            view.show_thinking = arg == "show"
+        output.info(f"reasoning traces {'shown' if arg == 'show' else 'hidden'}")
     elif cmd == "/stats":
         output.info(f"{len(session.messages)} message(s) in this conversation")
         if session.last is not None:

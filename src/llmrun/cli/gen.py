@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..datatypes import Result, Sampling
     from ..engine import Model
     from ..registry import Entry
+    from ..reply import Think as Think_
     from ..session import Session
 
     AnySession = Session | RemoteSession
@@ -45,6 +46,15 @@ Raw = Annotated[bool, typer.Option("--raw", help="plain completion, no chat temp
 Format = Annotated[str | None, typer.Option("--format", help="'json': output is valid JSON")]
 Schema = Annotated[str | None, typer.Option(
     "--schema", help="JSON schema (file path or inline JSON) the output must match")]
+Think = Annotated[str | None, typer.Option(
+    "--think", metavar="on|off|low|medium|high", help="reasoning models: thinking on or off "
+    "(Qwen3, ...) or its effort (gpt-oss); default: the model's own")]
+NoThink = Annotated[bool, typer.Option("--no-think", help="the same as --think off")]
+ShowThinking = Annotated[bool | None, typer.Option(
+    "--show-thinking/--hide-thinking", help="the reasoning trace on stderr (never on stdout); "
+    "default: shown, dimmed, when stderr is a terminal")]
+ThinkBudget = Annotated[int | None, typer.Option(
+    "--think-budget", min=0, help="at most N tokens of reasoning, then the model must answer")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="timings on stderr")]
 NoPull = Annotated[bool, typer.Option("--no-pull", help="fail instead of pulling")]
 Endpoint = Annotated[str | None, typer.Option(
@@ -75,6 +85,29 @@ class Flags:
     no_pull: bool
     endpoint: str | None = None
     api_key: str | None = None
+    think: str | None = None
+    no_think: bool = False
+    show_thinking: bool | None = None
+    think_budget: int | None = None
+
+
+_THINK: dict[str, Think_] = {
+    "on": True, "true": True, "yes": True, "off": False, "false": False, "no": False,
+    "low": "low", "medium": "medium", "high": "high"}
+
+
+def _think(f: Flags) -> Think_:
+    """--think/--no-think as None (the model's default), True, False or an effort level."""
+    if f.no_think:
+        if f.think is not None and _THINK.get(f.think.lower()) is not False:
+            raise UsageError("--no-think and --think contradict each other")
+        return False
+    if f.think is None:
+        return None
+    value = _THINK.get(f.think.lower())
+    if value is None:
+        raise UsageError(f"unknown --think {f.think!r}", hint="use on, off, low, medium or high")
+    return value
 
 
 def _schema(value: str | None) -> dict[str, Any] | None:
@@ -134,6 +167,7 @@ def open_session(model: str, f: Flags, *, system: str | None,
     from ..session import Session
     from ..settings import remote
 
+    think = _think(f)
     target = remote(common.settings(), f.endpoint, f.api_key)
     if target is not None:
         from ..client import RemoteSession
@@ -146,7 +180,7 @@ def open_session(model: str, f: Flags, *, system: str | None,
             overrides["seed"] = f.seed
         return RemoteSession(target.url, model, _sampling(f), target.api_key,
                              system=system, raw=f.raw, trim=trim, overrides=overrides,
-                             warn=output.warn)
+                             warn=output.warn, think=think)
     if f.raw and system:
         raise UsageError("--system has no effect with --raw (no chat template is used)")
     sampling = _sampling(f)  # validate flags before a pull or a load
@@ -164,7 +198,15 @@ def open_session(model: str, f: Flags, *, system: str | None,
             sampling.max_tokens = BASE_MODEL_LIMIT
             output.notice(f"{name} is a base model and does not stop by itself: at most "
                           f"{BASE_MODEL_LIMIT} tokens per answer (-n N to change)")
-    return Session(loaded, sampling, system=system, raw=f.raw, trim=trim)
+    session = Session(loaded, sampling, system=system, raw=f.raw, trim=trim, think=think,
+                      budget=f.think_budget, reasoning=entry.reasoning if entry else None)
+    if not f.raw and (think is not None or f.think_budget is not None):
+        try:
+            session.reply_format()  # a --think the model cannot do fails before any prompt
+        except BaseException:
+            loaded.close()
+            raise
+    return session
 
 
 def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
@@ -178,7 +220,7 @@ def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
     opts = LoadOptions(n_ctx=ctx or s.ctx, n_gpu_layers=gpu_layers if gpu_layers is not None
                        else s.gpu_layers, n_threads=threads or s.threads,
                        flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
-                       state_dir=str(s.state_dir))
+                       state_dir=str(s.state_dir), ctx_default=entry.ctx if entry else None)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
                    debug=s.debug, name=name)  # -v is the timing block; the log is debug's
     if loaded.notice:
@@ -222,15 +264,46 @@ class StdoutSink:
         output.write("\n", flush=True)
 
 
-def answer(session: AnySession, prompt: str, sink: StdoutSink | None) -> Result:
-    """One prompt → one answer (written to the sink as it streams)."""
+class TraceSink:
+    """The reasoning trace on stderr, dimmed on a terminal; never on stdout."""
+
+    def __init__(self, show: bool | None) -> None:
+        self.show = output.stderr_is_tty() if show is None else show
+        self.dim = output.stderr_is_tty() and output.color_allowed()
+        self.open = False
+
+    def write(self, text: str) -> None:
+        if not self.show or not text:
+            return
+        if not self.open:
+            self.open = True
+            text = text.lstrip("\n")
+        output.trace(text, dim=self.dim)
+
+    def close(self) -> None:
+        """End the trace's line before the answer starts."""
+        if self.open:
+            output.trace("\n", dim=False)
+            self.open = False
+
+
+def answer(session: AnySession, prompt: str, sink: StdoutSink | None,
+           trace: TraceSink | None = None) -> Result:
+    """One prompt → one answer (written to the sink as it streams; the trace to ``trace``)."""
     if not session.raw:
         session.clear()
     turn = session.ask(prompt)
     try:
-        for piece in turn:
-            if sink is not None:
-                sink.write(piece)
+        for delta in turn.deltas:
+            if trace is not None and delta.reasoning:
+                trace.write(delta.reasoning)
+            if delta.content:
+                if trace is not None:
+                    trace.close()
+                if sink is not None:
+                    sink.write(delta.content)
+        if trace is not None:
+            trace.close()
     except OutputClosed:
         raise
     except KeyboardInterrupt:  # the partial answer ends its line, so the shell's prompt

@@ -103,3 +103,23 @@ def human_size(n: int | None) -> str:
     from ..units import human_size as size
 
     return size(n)
+
+
+def color_allowed() -> bool:
+    """NO_COLOR (https://no-color.org) turns colour off; so does TERM=dumb."""
+    import os
+
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def trace(text: str, *, dim: bool) -> None:
+    """A piece of a model's reasoning trace on stderr (dimmed when asked), as it streams."""
+    import re
+
+    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    data = f"\x1b[2m{text}\x1b[0m" if dim else text  # (model text cannot drive the terminal)
+    try:
+        sys.stderr.write(data)
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # stderr closed: the trace is not the product
+        pass

@@ -30,15 +30,18 @@ def run_cmd(
     each_line: Annotated[bool, typer.Option(
         "--each-line", help="every stdin line is its own prompt; the model loads once")] = False,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="one JSON object: text, finish reason, usage, timings")] = False,
+        "--json", help="one JSON object: text, reasoning, finish reason, usage, timings")] = False,
     temperature: gen.Temperature = None, top_p: gen.TopP = None, top_k: gen.TopK = None,
     min_p: gen.MinP = None, repeat_penalty: gen.RepeatPenalty = None, seed: gen.Seed = None,
     max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
     gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, raw: gen.Raw = False,
     fmt: gen.Format = None, schema: gen.Schema = None, verbose: gen.Verbose = False,
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
+    think: gen.Think = None, no_think: gen.NoThink = False,
+    show_thinking: gen.ShowThinking = None, think_budget: gen.ThinkBudget = None,
 ) -> None:
-    """Answer one prompt (argument and/or piped stdin) on stdout, streamed."""
+    """Answer one prompt (argument and/or piped stdin) on stdout, streamed. A reasoning
+    model's trace never goes to stdout: it is on stderr (--show-thinking) and in --json."""
     stdin = _read_stdin()
     if each_line:
         prompts = [line for line in stdin.splitlines() if line.strip()]
@@ -55,16 +58,18 @@ def run_cmd(
                       repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens,
                       stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, raw=raw,
                       fmt=fmt, schema=schema, verbose=verbose, no_pull=no_pull,
-                      endpoint=endpoint, api_key=api_key)
+                      endpoint=endpoint, api_key=api_key, think=think, no_think=no_think,
+                      show_thinking=show_thinking, think_budget=think_budget)
     session = gen.open_session(model, flags, system=system)
     for i, p in enumerate(prompts):
+        trace = gen.TraceSink(show_thinking if as_json is False or show_thinking else False)
         if as_json:
-            result = gen.answer(session, p, None)
+            result = gen.answer(session, p, None, trace)
             output.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
         else:
             if i:
                 output.write("\n")
-            result = gen.answer(session, p, gen.StdoutSink())
+            result = gen.answer(session, p, gen.StdoutSink(), trace)
         output.write("", flush=True)
         if verbose:
             gen.print_timings(result)

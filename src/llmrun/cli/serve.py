@@ -41,7 +41,9 @@ def _resolve(name: str) -> ModelSpec:
     path, display, entry = found.path, found.name, found.entry
     defaults = {k: v for k, v in (entry.defaults.model_dump() if entry else {}).items()
                 if v is not None}
-    return ModelSpec(display, path, entry.chat_format if entry else None, defaults)
+    return ModelSpec(display, path, entry.chat_format if entry else None, defaults,
+                     ctx_default=entry.ctx if entry else None,
+                     reasoning=entry.reasoning if entry else None)
 
 
 def _list_models() -> list[tuple[str, int]]:

@@ -17,6 +17,7 @@ from typing import Any
 from .. import gguf_file, inuse, native_check, prompt_pieces, templates
 from ..datatypes import LoadOptions, Result, Sampling
 from ..errors import ContextOverflow, ModelError, UsageError
+from ..gguf_info import GGUFInfo
 from .native import (
     _fixed_mmap_threshold,
     _model_params,
@@ -29,6 +30,25 @@ from .native import (
 DEFAULT_CTX = 4096
 PREFILL_PIECE = 32  # tokens per decode of a guess that may be called off between decodes
 log = logging.getLogger("llmrun")
+
+
+def _affordable_ctx(info: GGUFInfo, preferred: int, parts: list[Path],
+                    n_batch: int) -> int:
+    """``preferred`` (a registry entry's default context, e.g. 16384 for a reasoning model
+    whose traces overflow 4096), halved until the memory estimate fits what this machine has
+    available, and never below DEFAULT_CTX."""
+    from .. import memory
+
+    available, limit = memory.available_memory(), memory.address_space_limit()
+    weights = memory.files_size(info, parts)
+    ctx = preferred
+    while ctx > DEFAULT_CTX:
+        est = memory.estimate(info, ctx, n_batch=n_batch, weights=weights)
+        if (available is None or est.resident <= available) and (
+                limit is None or est.address_space <= limit):
+            break
+        ctx //= 2
+    return max(ctx, min(preferred, DEFAULT_CTX))
 
 
 class Model:
@@ -48,7 +68,11 @@ class Model:
         # tells `llmrun rm` the files are in use; dropped by close() or when the process ends
         self._hold = inuse.Hold(parts)
         trained = self.info.context_length or DEFAULT_CTX
-        self.n_ctx = min(opts.n_ctx or DEFAULT_CTX, trained)
+        want = opts.n_ctx or DEFAULT_CTX
+        if opts.n_ctx is None and opts.ctx_default:  # the registry's preferred context
+            want = _affordable_ctx(self.info, min(opts.ctx_default, trained), parts,
+                                   opts.n_batch)
+        self.n_ctx = min(want, trained)
         self.ctx_capped = opts.n_ctx is not None and opts.n_ctx > trained
         try:  # before llama.cpp is loaded in this process (a preload must come first)
             self.native = native_check.ensure(
@@ -127,10 +151,25 @@ class Model:
                                                         self.chat_format)
         return self._template
 
-    def format_chat(self, messages: list[dict[str, str]]) -> str:
+    def format_chat(self, messages: list[dict[str, Any]], *,
+                    tools: list[dict[str, Any]] | None = None,
+                    variables: dict[str, Any] | None = None) -> str:
+        """The prompt for ``messages`` (already as templates expect them:
+        formats.messages.for_template), with the ``tools`` offered and template ``variables``
+        such as ``enable_thinking``."""
         text, source = self.template
         return templates.render(text, messages, bos_token=self.info.bos_token or "",
-                                eos_token=self.info.eos_token or "", source=source)
+                                eos_token=self.info.eos_token or "", source=source,
+                                tools=tools or None, variables=variables)
+
+    def template_text(self) -> str | None:
+        """The chat template in use; None when there is none."""
+        from ..errors import TemplateError
+
+        try:
+            return self.template[0]
+        except TemplateError:
+            return None
 
     def chat_stops(self) -> list[str]:
         return templates.stop_strings(self.template[0], self.info.eos_token or "")
@@ -371,6 +410,8 @@ class Model:
         llama._sampler = None
 
     def _grammar(self, sampling: Sampling) -> Any:
+        if sampling.tool_grammar is not None:
+            return self._tool_grammar(sampling.tool_grammar)
         if sampling.json_schema is None and not sampling.json_any:
             return None
         from llama_cpp import llama_grammar
@@ -382,3 +423,33 @@ class Model:
             return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
         except Exception as exc:
             raise UsageError(f"cannot build a grammar from that JSON schema: {exc}") from None
+
+    def _tool_grammar(self, spec: dict[str, Any]) -> Any:
+        """The grammar of formats/grammar.py, its JSON-schema rules made by llama-cpp-python's
+        own converter."""
+        from llama_cpp import llama_grammar
+
+        from ..formats.grammar import ToolGrammar, build
+
+        converter = llama_grammar.SchemaConverter(  # type: ignore[no-untyped-call]
+            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        try:
+            text = build(ToolGrammar.from_dict(spec), converter)
+        except Exception as exc:
+            raise UsageError(f"cannot build a grammar from those tools: {exc}") from None
+        log.debug("tool grammar:\n%s", text)
+        self._check_grammar(text)
+        return llama_grammar.LlamaGrammar.from_string(text, verbose=False)
+
+    def _check_grammar(self, text: str) -> None:
+        """llama-cpp-python adds the grammar sampler without checking that llama.cpp could
+        parse the grammar (a NULL sampler in the chain crashes the process): parse it here
+        first."""
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self.llama._model.vocab, text.encode("utf-8"), b"root")
+        if not sampler:
+            raise UsageError("llama.cpp cannot parse the grammar made for those tools",
+                             hint="LLMRUN_DEBUG=1 logs the grammar")
+        llama_cpp.llama_sampler_free(sampler)

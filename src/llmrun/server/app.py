@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -22,8 +22,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..datatypes import Result, Sampling
+from ..datatypes import Result
 from ..errors import ContextOverflow, LlmrunError, NotFound, UsageError
+from ..formats import Delta
+from ..reply import ReplyStream, plan_chat
 from . import http, schemas, security
 from .http import to_api_error
 from .models import Busy, Done, Engine, Event, Failed, Job, Loader, ModelSpec, Piece, Pool
@@ -56,6 +58,17 @@ _SHUTTING_DOWN = ApiError(503, "the server is shutting down", type="server_error
 def _record(state: Any, result: Result) -> None:
     state.prompt_tokens = result.prompt_tokens
     state.completion_tokens = result.completion_tokens
+
+
+def _as_deltas(pieces: Iterator[str]) -> Iterator[Delta]:
+    """A text completion's pieces as Deltas; closing this closes the generation at once."""
+    try:
+        for piece in pieces:
+            yield Delta(content=piece)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_limit(engine: Engine, limit: int | None) -> None:
@@ -109,7 +122,7 @@ class Api:
                 _record(state, job.result)
 
     async def generate(self, request: Request, spec: ModelSpec,
-                       prepare: Callable[[Engine], tuple[list[int], Sampling]],
+                       prepare: Callable[[Engine, Result], Iterator[Delta]],
                        kind: Literal["chat", "text"], req: schemas.GenerateRequest) -> Response:
         state = request.state
         state.model = spec.name
@@ -158,7 +171,7 @@ class Api:
                 yield http.sse(r.chunk(first=True, usage=usage))
             while True:
                 if isinstance(ev, Piece):
-                    yield http.sse(r.chunk(text=ev.text, usage=usage))
+                    yield http.sse(r.chunk(delta=ev.delta, usage=usage))
                 else:
                     finished = True
                     if isinstance(ev, Done):
@@ -184,12 +197,21 @@ class Api:
         request.state.model = req.model
         spec = await self.resolve(req.model)
         messages, sampling = [m.as_dict() for m in req.messages], req.sampling(spec.defaults)
+        tools, choice = req.tool_list(), req.choice()
 
-        def prepare(engine: Engine) -> tuple[list[int], Sampling]:
+        def prepare(engine: Engine, result: Result) -> Iterator[Delta]:
             _check_limit(engine, req.limit())
-            tokens = engine.tokenize(engine.format_chat(messages), templated=True)
-            engine.check_fits(len(tokens))
-            return tokens, replace(sampling, stop=sampling.stop + engine.chat_stops())
+            try:
+                plan = plan_chat(engine, messages, model=spec.name, tools=tools,
+                                 tool_choice=choice, parallel=req.parallel_tool_calls is not False,
+                                 think=req.thinking(), budget=req.reasoning_budget,
+                                 reasoning=spec.reasoning)
+            except UsageError as exc:
+                raise ApiError(400, exc.message, code="invalid_value") from None
+            engine.check_fits(len(plan.tokens))
+            return iter(ReplyStream(engine, plan.prompt, plan.tokens,
+                                    replace(sampling, stop=sampling.stop + plan.stops),
+                                    plan.spec, result))
 
         return await self.generate(request, spec, prepare, "chat", req)
 
@@ -199,7 +221,7 @@ class Api:
         spec = await self.resolve(req.model)
         text, sampling = req.text, req.sampling(spec.defaults)
 
-        def prepare(engine: Engine) -> tuple[list[int], Sampling]:
+        def prepare(engine: Engine, result: Result) -> Iterator[Delta]:
             _check_limit(engine, req.limit())
             tokens = engine.tokenize(text, templated=False)
             try:
@@ -207,7 +229,7 @@ class Api:
             except ContextOverflow as exc:
                 raise ApiError(400, exc.message, param="prompt",
                                code="context_length_exceeded") from None
-            return tokens, sampling
+            return _as_deltas(engine.generate(tokens, sampling, result))
 
         return await self.generate(request, spec, prepare, "text", req)
 

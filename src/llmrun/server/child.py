@@ -43,6 +43,7 @@ class ChildEngine:
         os.close(write)
         self._replies = os.fdopen(read, "rb")
         self._stops: list[str] | None = None
+        self._template: tuple[Any] | None = None
         try:
             loaded = self._call("load", path=str(path), opts=dataclasses.asdict(opts),
                                 chat_format=chat_format, debug=debug, name=name)
@@ -54,8 +55,17 @@ class ChildEngine:
             raise
 
     # ---- the engine interface --------------------------------------------------------
-    def format_chat(self, messages: list[dict[str, str]]) -> str:
-        return str(self._call("format_chat", messages=messages))
+    def format_chat(self, messages: list[dict[str, Any]], *,
+                    tools: list[dict[str, Any]] | None = None,
+                    variables: dict[str, Any] | None = None) -> str:
+        return str(self._call("format_chat", messages=messages, tools=tools,
+                              variables=variables))
+
+    def template_text(self) -> str | None:
+        if self._template is None:
+            self._template = (self._call("template_text"),)
+        found = self._template[0]
+        return None if found is None else str(found)
 
     def tokenize(self, text: str, *, templated: bool) -> list[int]:
         return [int(t) for t in self._call("tokenize", text=text, templated=templated)]
@@ -182,7 +192,10 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
                           "notice": state["model"].notice}}
     model = state["model"]
     if op == "format_chat":
-        return {"value": model.format_chat(req["messages"])}
+        return {"value": model.format_chat(req["messages"], tools=req.get("tools"),
+                                           variables=req.get("variables"))}
+    if op == "template_text":
+        return {"value": model.template_text()}
     if op == "tokenize":
         return {"value": model.tokenize(req["text"], templated=req["templated"])}
     if op == "chat_stops":

@@ -3,7 +3,7 @@
 Every parameter that reaches the engine has bounds here (reliability.md S14, T27): a request that
 fails validation is a 400 in the OpenAI error envelope, never a 500. Unknown fields are ignored
 (clients send newer OpenAI fields), but known features llmrun cannot honour (n > 1, logprobs,
-tools, logit_bias) are refused rather than silently ignored.
+logit_bias) are refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..datatypes import SAMPLING_KEYS, Result, Sampling, layer_sampling
+from ..formats import Delta
 
 MAX_STOP = 4
 MAX_STOP_LEN = 256
@@ -55,15 +56,78 @@ class TextPart(_Req):
     text: str
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"  # OpenAI's rule for function names
+MAX_TOOLS = 128
+
+
+class FunctionCall(_Req):
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str = Field(max_length=1 << 20)  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Req):
+    id: str = Field(min_length=1, max_length=MAX_NAME)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Req):
-    role: Literal["system", "user", "assistant", "developer"]  # developer: OpenAI's new system
+    role: Literal["system", "user", "assistant", "developer", "tool"]  # developer: new system
     content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=MAX_NAME)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=MAX_NAME)
+    reasoning_content: str | None = None  # DeepSeek's and vLLM's name for the trace
 
-    def as_dict(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(
-            p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+    @model_validator(mode="after")
+    def _roles(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs tool_call_id")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as OpenAI sends it (formats.messages.for_template adapts it to the
+        template), without the fields that are not set."""
+        return self.model_dump(exclude_none=True, by_alias=True)
+
+
+class FunctionDef(_Req):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = Field(None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema(self) -> FunctionDef:
+        if self.parameters is not None:
+            if len(json.dumps(self.parameters)) > MAX_SCHEMA_BYTES:
+                raise ValueError(f"parameters of {self.name} are larger than "
+                                 f"{MAX_SCHEMA_BYTES // 1024} KiB")
+            _check_schema(self.parameters)
+            if self.parameters.get("type", "object") != "object":
+                raise ValueError(f"parameters of {self.name} must be a JSON schema of an object")
+        return self
+
+
+class Tool(_Req):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Req):
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(_Req):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ChatTemplateKwargs(_Req):
+    enable_thinking: bool | None = None  # vLLM's and llama.cpp's way to turn thinking off
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
 class StreamOptions(_Req):
@@ -162,15 +226,53 @@ class ChatRequest(GenerateRequest):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["none", "low", "medium", "high"] | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+    think: bool | None = None  # Ollama's name for turning thinking on or off
+    reasoning_budget: int | None = Field(None, ge=0, le=MAX_TOKENS_CAP)  # trace tokens
 
     @model_validator(mode="after")
     def _chat_supported(self) -> ChatRequest:
         if self.logprobs:
             raise ValueError("logprobs is not supported")
-        if self.tools:
-            raise ValueError("tools are not supported")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        if isinstance(self.tool_choice, NamedToolChoice) and (
+                self.tool_choice.function.name not in names):
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is "
+                             "not among the tools")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs tools")
+        if self.tools and self.response_format is not None and (
+                self.response_format.type != "text"):
+            raise ValueError("response_format and tools cannot be combined")
         return self
+
+    def tool_list(self) -> list[dict[str, Any]]:
+        return [t.model_dump(exclude_none=True) for t in self.tools or []]
+
+    def choice(self) -> str:
+        """auto, none, required, or the name of the function that must be called."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
+
+    def thinking(self) -> bool | str | None:
+        """None (the model's default), False, True, or an effort level."""
+        kw = self.chat_template_kwargs
+        if self.reasoning_effort == "none" or self.think is False or (
+                kw is not None and kw.enable_thinking is False):
+            return False
+        effort = self.reasoning_effort or (kw.reasoning_effort if kw else None)
+        if effort is not None:
+            return effort
+        if self.think or (kw is not None and kw.enable_thinking):
+            return True
+        return None
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -238,6 +340,7 @@ class Renderer:
         self.kind, self.model = kind, model
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
+        self.calls = 0  # tool calls streamed so far (their delta index)
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
@@ -245,9 +348,14 @@ class Renderer:
 
     def whole(self, r: Result) -> dict[str, Any]:
         if self.kind == "chat":
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": r.text if r.text or not r.tool_calls else None}
+            if r.reasoning:
+                message["reasoning_content"] = r.reasoning
+            if r.tool_calls:
+                message["tool_calls"] = r.tool_calls
             choice: dict[str, Any] = {"index": 0, "finish_reason": r.finish_reason,
-                                      "message": {"role": "assistant", "content": r.text},
-                                      "logprobs": None}
+                                      "message": message, "logprobs": None}
             body = self._envelope("chat.completion", [choice])
         else:
             body = self._envelope("text_completion", [
@@ -255,17 +363,28 @@ class Renderer:
         body["usage"] = Usage.of(r).model_dump()
         return body
 
-    def chunk(self, *, text: str | None = None, finish: str | None = None,
+    def chunk(self, *, delta: Delta | None = None, finish: str | None = None,
               first: bool = False, usage: bool = False) -> dict[str, Any]:
         if self.kind == "chat":
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
-                {"content": text} if text is not None else {})
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
+            out: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if delta is not None:
+                if delta.reasoning:
+                    out["reasoning_content"] = delta.reasoning
+                if delta.content:
+                    out["content"] = delta.content
+                if delta.tool_calls:  # each call whole, once complete: never malformed
+                    out["tool_calls"] = [
+                        {"index": self.calls + i, "id": c.id, "type": "function",
+                         "function": {"name": c.name, "arguments": c.arguments}}
+                        for i, c in enumerate(delta.tool_calls)]
+                    self.calls += len(delta.tool_calls)
+            choice: dict[str, Any] = {"index": 0, "delta": out, "finish_reason": finish,
                                       "logprobs": None}
             body = self._envelope("chat.completion.chunk", [choice])
         else:
+            text = delta.content if delta is not None else ""
             body = self._envelope("text_completion", [
-                {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}])
+                {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
         if usage:
             body["usage"] = None
         return body

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ..datatypes import LoadOptions, Result, Sampling
 from ..errors import LlmrunError, ModelError
+from ..formats import Delta
 
 log = logging.getLogger("llmrun.server")
 
@@ -51,7 +52,10 @@ class Engine(Protocol):
 
     n_ctx: int
 
-    def format_chat(self, messages: list[dict[str, str]]) -> str: ...
+    def format_chat(self, messages: list[dict[str, Any]], *,
+                    tools: list[dict[str, Any]] | None = None,
+                    variables: dict[str, Any] | None = None) -> str: ...
+    def template_text(self) -> str | None: ...
     def tokenize(self, text: str, *, templated: bool) -> list[int]: ...
     def chat_stops(self) -> list[str]: ...
     def check_fits(self, n_prompt: int) -> None: ...
@@ -65,10 +69,14 @@ class ModelSpec:
     path: Path
     chat_format: str | None = None
     defaults: dict[str, float | int] = field(default_factory=dict)  # registry defaults
+    ctx_default: int | None = None  # the registry's preferred context (LoadOptions)
+    reasoning: str | None = None  # the registry's reasoning format, over the template's
 
 
 Loader = Callable[[ModelSpec], Engine]
-Prepare = Callable[[Engine], tuple[list[int], Sampling]]  # runs on the worker thread
+# runs on the worker thread: renders and tokenizes, then returns the reply's pieces (Deltas),
+# filling the Result as they go
+Prepare = Callable[[Engine, Result], Iterator[Delta]]
 
 
 def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = True) -> Loader:
@@ -76,14 +84,18 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
     child process each (child.py), or with ``isolate=False`` in this process."""
 
     def load(spec: ModelSpec) -> Engine:
+        from dataclasses import replace
+
+        opts_for = replace(opts, ctx_default=spec.ctx_default)
         if isolate:
             from .child import ChildEngine
 
-            return ChildEngine(spec.path, opts, chat_format=spec.chat_format, debug=debug,
+            return ChildEngine(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
                                name=spec.name)
         from ..engine import Model
 
-        return Model(spec.path, opts, chat_format=spec.chat_format, debug=debug, name=spec.name)
+        return Model(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
+                     name=spec.name)
 
     return load
 
@@ -94,7 +106,7 @@ class Busy(Exception):
 
 @dataclass
 class Piece:
-    text: str
+    delta: Delta
 
 
 @dataclass
@@ -202,10 +214,9 @@ class Slot:
 
     @staticmethod
     def _execute(engine: Engine, job: Job) -> None:
-        with _NATIVE:
-            tokens, sampling = job.prepare(engine)
         result = job.result = Result()
-        pieces = engine.generate(tokens, sampling, result)
+        with _NATIVE:
+            pieces = job.prepare(engine, result)
         cancelled = job.cancelled.is_set()
         try:
             while not cancelled:

@@ -14,6 +14,11 @@ whoever made the file, so it is treated as hostile (reliability.md S1-S3, T19-T2
   a cap on the total text it may build; ``range()`` and call nesting caps; and a cap on the
   final prompt. Going over any of them raises :class:`~llmrun.errors.TemplateError`.
 
+Extra template variables (``render(..., variables=...)``, like the keyword arguments of
+``apply_chat_template``: ``enable_thinking``, ``reasoning_effort``) must be plain data (text,
+numbers, booleans, None, lists and dicts of them) under names that shadow nothing the render
+itself provides, so they widen neither what a template can reach nor what it can replace.
+
 Every failure, including a template that calls ``raise_exception``, becomes a
 :class:`~llmrun.errors.TemplateError` whose message names the template's source.
 
@@ -24,6 +29,7 @@ render with the model's BOS string and tokenize without adding a second BOS.
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -40,7 +46,7 @@ from .budget import MAX_TEMPLATE_CHARS as MAX_TEMPLATE_CHARS
 from .budget import WORK_FACTOR as WORK_FACTOR
 from .builtins import BUILTIN_STOPS as BUILTIN_STOPS
 from .builtins import BUILTIN_TEMPLATES as BUILTIN_TEMPLATES
-from .sandbox import _compile
+from .sandbox import _ENV, _compile
 
 __all__ = [
     "BUILTIN_STOPS",
@@ -122,6 +128,60 @@ def _describe(exc: BaseException) -> str:
     return _clip(str(exc) or type(exc).__name__) + where
 
 
+#: Names ``render`` itself passes to every template; ``variables`` may not replace them.
+_RENDER_NAMES = frozenset(
+    {"messages", "tools", "bos_token", "eos_token", "add_generation_prompt"}
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+_MAX_VARIABLE_DEPTH = 32
+
+
+def _check_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate extra template variables; returns them as a new dict to pass to the template.
+
+    Why so strict: the sandbox's guarantees are about what a template can reach. Plain data
+    (text, numbers, booleans, None, lists/tuples and str-keyed dicts of them) gives a template
+    nothing new to call or inspect; any other object would. The types must match exactly: a
+    subclass can carry more (a ``defaultdict``'s ``default_factory`` is a callable). A
+    variable may not shadow what ``render`` passes (``messages``, ``tools``, ...) or the
+    environment's globals (``raise_exception``, ``strftime_now``, the capped ``range``,
+    ``namespace``...), which are part of the hardening. These are programming errors in
+    llmrun, not template failures, so they raise :class:`ValueError`.
+    """
+    checked: dict[str, Any] = {}
+    for name, value in variables.items():
+        if not isinstance(name, str) or not _IDENTIFIER.match(name) or keyword.iskeyword(name):
+            raise ValueError(f"template variable name {name!r} is not an identifier")
+        if name in _RENDER_NAMES or name in _ENV.globals:
+            raise ValueError(f"template variable {name!r} would replace a built-in name")
+        _check_plain(value, name, 0)
+        checked[name] = value
+    return checked
+
+
+def _check_plain(value: object, where: str, depth: int) -> None:
+    if depth > _MAX_VARIABLE_DEPTH:
+        raise ValueError(f"template variable {where} is nested too deeply")
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return
+    if isinstance(value, (list, tuple)) and kind in (list, tuple):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]", depth + 1)
+        return
+    if isinstance(value, dict) and kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError(f"template variable {where} has a non-text key {key!r}")
+            _check_plain(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise ValueError(
+        f"template variable {where} is a {kind.__name__}; only plain data"
+        " (str, int, float, bool, None, list, tuple, dict) may be passed to a template"
+    )
+
+
 def render(
     template: str,
     messages: Sequence[Mapping[str, Any]],
@@ -133,17 +193,23 @@ def render(
     time_budget_s: float = 2.0,
     max_output_chars: int = 2_000_000,
     tools: Sequence[Mapping[str, Any]] | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
     """Render a chat template the way ``transformers``' ``apply_chat_template`` does.
 
     ``messages`` are ``{"role": ..., "content": ...}`` dicts; ``tools`` (optional, OpenAI
-    style) is passed to the template as ``tools``. ``source`` names the template in error
-    messages (see :func:`resolve_template`). Raises :class:`~llmrun.errors.TemplateError` if
-    the template is invalid, unsafe, raises, or goes over ``time_budget_s`` seconds or
-    ``max_output_chars`` characters (or the other budgets described in the module docstring).
+    style) is passed to the template as ``tools``. ``variables`` are extra template variables,
+    as ``apply_chat_template(**kwargs)`` passes them (``enable_thinking=False``,
+    ``reasoning_effort="low"``); they must be plain data and may not replace the names above
+    or the environment's globals (:class:`ValueError` otherwise). ``source`` names the template
+    in error messages (see :func:`resolve_template`). Raises
+    :class:`~llmrun.errors.TemplateError` if the template is invalid, unsafe, raises, or goes
+    over ``time_budget_s`` seconds or ``max_output_chars`` characters (or the other budgets
+    described in the module docstring).
     """
     if time_budget_s <= 0 or max_output_chars <= 0:
         raise ValueError("time_budget_s and max_output_chars must be positive")
+    extra = _check_variables(variables) if variables else {}
     label = _clip(source)
     if len(template) > MAX_TEMPLATE_CHARS:
         raise TemplateError(
@@ -156,6 +222,7 @@ def render(
     try:
         compiled = _compile(template)
         stream = compiled.generate(
+            **extra,
             messages=messages,
             tools=tools,
             bos_token=bos_token,
