@@ -246,3 +246,38 @@ def test_client_mode_keeps_the_servers_trace_apart(tools_server: str, tools_root
     off = json.loads(cli("run", NAME, "--endpoint", tools_server, "--no-think", "--temperature",
                          "0", "-n", "8", "--json", "Hi").stdout)  # sent as enable_thinking
     assert "reasoning" not in off
+
+
+def test_an_agent_framework_gets_valid_calls(tools_server: str) -> None:
+    """LangChain, the way its docs bind tools to an OpenAI-compatible chat model."""
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str, unit: str) -> str:
+        """Current weather in a city; unit is C or F."""
+        return f"21 {unit} in {city}"
+
+    llm = ChatOpenAI(base_url=tools_server + "/v1", api_key="unused", model=NAME,
+                     temperature=0, max_tokens=200, max_retries=0,
+                     extra_body={"reasoning_budget": 8})
+    message = llm.bind_tools([get_weather], tool_choice="required").invoke(
+        "What is the weather in Paris?")
+    assert [c["name"] for c in message.tool_calls] == ["get_weather"] * len(message.tool_calls)
+    assert message.tool_calls and not message.invalid_tool_calls
+    args = message.tool_calls[0]["args"]
+    assert set(args) == {"city", "unit"} and all(isinstance(v, str) for v in args.values())
+    assert get_weather.invoke(args)  # the arguments fit the function as LangChain calls it
+
+
+def test_chat_never_feeds_a_trace_back(tools_root: Path, tmp_path: Path) -> None:
+    cli = Cli(make_env(tools_root), tools_root)
+    saved = tmp_path / "t.json"
+    proc = cli("chat", NAME, "--temperature", "0", "-n", "24", "--think-budget", "6",
+               input=f"The capital of France is\nAnd of Spain?\n/save {saved}\n")
+    assert proc.returncode == 0, proc.stderr
+    replies = [m["content"] for m in json.loads(saved.read_text())["messages"]
+               if m["role"] == "assistant"]
+    assert len(replies) == 2
+    assert all("</think>" not in r for r in replies)  # the trace stayed out of the history
+    assert all(r in proc.stdout for r in replies)  # what was said is what is remembered
