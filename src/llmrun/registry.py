@@ -77,7 +77,7 @@ class Quant(_Strict):
 
 
 class SamplingDefaults(_Strict):
-    temperature: float | None = Field(None, ge=0, le=5)
+    temperature: float | None = Field(None, ge=0, le=2)  # one range: serve takes 0-2
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
