@@ -172,3 +172,31 @@ def test_grammars_build_for_every_syntax(syntax: Any, shape: Any) -> None:
         assert '\\"a\\"' in text and "city" not in text
     else:
         assert '"add"' in text or '\\"add\\"' in text
+
+
+def test_json_for_a_reasoning_model_lets_it_think_first() -> None:
+    engine = Scripted(["<think>", "hmm", "</think>", '{"n": 1}'])
+    _, result = _run_json(engine, ReplySpec(fmt=QWEN))
+    assert engine.calls[0][1].json_trace == "think:optional"
+    assert (result.reasoning, result.text) == ("hmm", '{"n": 1}')
+    engine = Scripted(["a", "b", "c"], ['{"n": 1}'])
+    _, result = _run_json(engine, ReplySpec(fmt=QWEN, in_reasoning=True, budget=2))
+    assert [c[1].json_trace for c in engine.calls] == ["think:open", None]  # then JSON alone
+    engine = Scripted(['{"n": 1}'])
+    _run_json(engine, ReplySpec(fmt=QWEN, thinking=False))
+    assert engine.calls[0][1].json_trace is None
+
+
+def _run_json(engine: Scripted, spec: ReplySpec) -> tuple[list[Delta], Result]:
+    result = Result()
+    stream = ReplyStream(engine, "P", [1], Sampling(json_schema={"type": "object"}), spec, result)
+    return list(stream), result
+
+
+@pytest.mark.parametrize("trace", ["think:open", "think:optional", "harmony:optional"])
+def test_json_after_trace_grammars_build(trace: str) -> None:
+    from llmrun.formats.grammar import json_after_trace
+
+    text = json_after_trace("answer", trace)
+    assert text.startswith("root ::= ") and "answer" in text.splitlines()[0]
+    assert ("<|channel|>final<|message|>" in text) is trace.startswith("harmony")

@@ -281,3 +281,18 @@ def test_chat_never_feeds_a_trace_back(tools_root: Path, tmp_path: Path) -> None
     assert len(replies) == 2
     assert all("</think>" not in r for r in replies)  # the trace stayed out of the history
     assert all(r in proc.stdout for r in replies)  # what was said is what is remembered
+
+
+def test_json_from_a_reasoning_model_comes_after_its_trace(tools_root: Path) -> None:
+    cli = Cli(make_env(tools_root), tools_root)
+    schema = '{"type":"object","properties":{"city":{"type":"string","maxLength":12}},' \
+             '"required":["city"]}'
+    proc = cli("run", NAME, "--temperature", "0", "-n", "80", "--think-budget", "6",
+               "--schema", schema, "--json", "Which city is the capital of France?")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["reasoning"].strip()  # it was allowed to think ...
+    assert set(json.loads(data["text"])) == {"city"}  # ... and then answered in JSON
+    plain = cli("run", NAME, "--temperature", "0", "-n", "80", "--think-budget", "6",
+                "--schema", schema, "Which city is the capital of France?")
+    assert json.loads(plain.stdout) == json.loads(data["text"])  # stdout: the JSON alone

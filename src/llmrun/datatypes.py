@@ -38,6 +38,9 @@ class Sampling:
     json_schema: dict[str, Any] | None = None
     json_any: bool = False
     tool_grammar: dict[str, Any] | None = None  # formats.grammar.ToolGrammar.as_dict()
+    # a reasoning trace allowed before the JSON answer: "think:open", "think:optional",
+    # "harmony:open", "harmony:optional" (formats.grammar.json_after_trace)
+    json_trace: str | None = None
 
 
 @dataclass

@@ -138,7 +138,8 @@ class ReplyStream:
             if limit is not None and limit > 0:  # the reply's limit, over all its phases
                 left = max(1, limit - total.completion_tokens)
             sampling = replace(self.sampling, max_tokens=left,
-                               tool_grammar=grammar.as_dict() if grammar else None)
+                               tool_grammar=grammar.as_dict() if grammar else None,
+                               json_trace=self._json_trace() if first else None)
             part = Result()
             pieces = self.engine.generate(tokens, sampling, part)
             nxt: _Phase | None = None
@@ -183,6 +184,15 @@ class ReplyStream:
         res.tool_calls = [_openai_call(c) for c in reply.tool_calls]
         if reply.tool_calls and res.finish_reason in ("stop", None):
             res.finish_reason = "tool_calls"
+
+    def _json_trace(self) -> str | None:
+        """A reasoning model asked for JSON: its trace first, then the JSON (only the first
+        phase; after a trace over budget is closed, the JSON alone)."""
+        s, sm = self.spec, self.sampling
+        if (sm.json_schema is None and not sm.json_any) or s.fmt.reasoning is None or (
+                not s.thinking) or self.raw:
+            return None
+        return f"{s.fmt.reasoning}:{'open' if s.in_reasoning else 'optional'}"
 
     def _next_phase(self, constrained: bool) -> _Phase | None:
         """Whether to stop this generation here, and what comes next."""

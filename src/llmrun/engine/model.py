@@ -416,6 +416,9 @@ class Model:
             return None
         from llama_cpp import llama_grammar
 
+        if sampling.json_trace is not None:
+            return self._json_after_trace(sampling.json_schema or {"type": "object"},
+                                          sampling.json_trace)
         try:
             if sampling.json_schema is not None:
                 return llama_grammar.LlamaGrammar.from_json_schema(
@@ -423,6 +426,22 @@ class Model:
             return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
         except Exception as exc:
             raise UsageError(f"cannot build a grammar from that JSON schema: {exc}") from None
+
+    def _json_after_trace(self, schema: dict[str, Any], trace: str) -> Any:
+        """A JSON answer that a reasoning trace may precede (formats.grammar)."""
+        from llama_cpp import llama_grammar
+
+        from ..formats.grammar import json_after_trace
+
+        converter = llama_grammar.SchemaConverter(  # type: ignore[no-untyped-call]
+            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        try:
+            answer = converter.visit(converter.resolve_refs(schema, "answer"), "answer")
+            text = json_after_trace(answer, trace) + converter.format_grammar() + "\n"
+        except Exception as exc:
+            raise UsageError(f"cannot build a grammar from that JSON schema: {exc}") from None
+        self._check_grammar(text)
+        return llama_grammar.LlamaGrammar.from_string(text, verbose=False)
 
     def _tool_grammar(self, spec: dict[str, Any]) -> Any:
         """The grammar of formats/grammar.py, its JSON-schema rules made by llama-cpp-python's

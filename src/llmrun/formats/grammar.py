@@ -162,3 +162,18 @@ def _trace(syntax: ToolSyntax, trace: str) -> str:
     if trace == "open":  # the prompt opened the trace: finish it, then the call
         return 'thought "</think>" space'
     return '( "<think>" thought "</think>" space )?'
+
+
+def json_after_trace(answer: str, trace: str) -> str:
+    """The start rules for a JSON answer (rule ``answer``, made by the converter) that a
+    reasoning trace may precede: ``trace`` is ``SYNTAX:open`` (the prompt opened the trace)
+    or ``SYNTAX:optional``. A reasoning model asked for JSON thinks first, then answers in JSON,
+    instead of being forced to skip its trace."""
+    syntax, _, mode = trace.partition(":")
+    if syntax not in _THOUGHT or mode not in ("open", "optional"):
+        raise ValueError(f"unknown trace {trace!r}")
+    if syntax == "harmony":
+        head = _trace("harmony", mode) + ' "<|channel|>final<|message|>"'
+    else:
+        head = _trace("hermes", mode)
+    return f"root ::= {head} {answer}\nthought ::= {_THOUGHT[syntax]}\n"
