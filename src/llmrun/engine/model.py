@@ -431,9 +431,9 @@ class Model:
         """A JSON answer that a reasoning trace may precede (formats.grammar)."""
         from llama_cpp import llama_grammar
 
-        from ..formats.grammar import json_after_trace
+        from ..formats.grammar import Converter, json_after_trace
 
-        converter = llama_grammar.SchemaConverter(  # type: ignore[no-untyped-call]
+        converter: Converter = llama_grammar.SchemaConverter(  # type: ignore[no-untyped-call]
             prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         try:
             answer = converter.visit(converter.resolve_refs(schema, "answer"), "answer")
