@@ -38,9 +38,8 @@ import pytest
 
 import llmrun.templates.sandbox as sandbox_module
 from llmrun import templates
-from llmrun.errors import TemplateError
 from llmrun.formats import ReplyFormat
-from llmrun.formats.detect import detect, opens_reasoning
+from llmrun.formats.detect import arguments_as_text, detect, opens_reasoning
 from llmrun.formats.messages import for_template
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rendered"
@@ -437,7 +436,9 @@ def render_both(
     tools = TOOLS if with_tools else None
     variables = variables or {}
     ours = templates.render(
-        template, for_template(case.wire, family.fmt), bos_token=family.bos,
+        template, for_template(case.wire, family.fmt,
+                               arguments_as_text=arguments_as_text(template)),
+        bos_token=family.bos,
         eos_token=family.eos, source=family.file, tools=tools, variables=variables,
     )
     theirs = hf_render(template, case.hf, tools=tools, variables=variables,
@@ -576,18 +577,33 @@ def test_deepseek_r1(published: dict[str, str]) -> None:
     assert TRACE_2 not in prompt and f"<｜Assistant｜>{ANSWER}<｜end▁of▁sentence｜>" in prompt
 
 
-def test_r1_llama_cannot_render_tool_call_history(published: dict[str, str]) -> None:
+def test_r1_llama_gets_its_arguments_as_text(published: dict[str, str]) -> None:
     """Its template does ``'...' + tool['function']['arguments'] + '...'``: with arguments as
-    a dict, as transformers documents them, it fails in transformers too, and llmrun says so
-    instead of rendering something else."""
+    a dict, as transformers documents them, it fails in transformers too. llmrun sees the
+    concatenation and passes the JSON text, which renders what the template's authors meant."""
+    import copy
+    import json
+
     family = FAMILIES["r1-llama"]
+    template = published[family.file]
+    assert arguments_as_text(template)
+    assert not arguments_as_text(published[FAMILIES["r1-qwen"].file])  # it uses tojson
     case = full(family.style)
     with pytest.raises(TypeError):
-        hf_render(published[family.file], case.hf, tools=TOOLS, variables={},
+        hf_render(template, case.hf, tools=TOOLS, variables={},
                   bos_token=family.bos, eos_token=family.eos)
-    with pytest.raises(TemplateError, match="TypeError"):
-        templates.render(published[family.file], for_template(case.wire, family.fmt),
-                         bos_token=family.bos, eos_token=family.eos, tools=TOOLS)
+    as_text = copy.deepcopy(case.hf)
+    for message in as_text:
+        for call in message.get("tool_calls") or []:
+            call["function"]["arguments"] = json.dumps(call["function"]["arguments"],
+                                                       ensure_ascii=False)
+    theirs = hf_render(template, as_text, tools=TOOLS, variables={}, bos_token=family.bos,
+                       eos_token=family.eos)
+    ours = templates.render(template, for_template(case.wire, family.fmt,
+                                                   arguments_as_text=True),
+                            bos_token=family.bos, eos_token=family.eos, tools=TOOLS)
+    assert ours == theirs
+    assert 'get_weather\n```json\n{"city": "Paris"}\n```' in ours
 
 
 def test_gpt_oss(published: dict[str, str]) -> None:

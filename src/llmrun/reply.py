@@ -304,7 +304,7 @@ def plan_chat(engine: ChatEngine, messages: Sequence[Mapping[str, Any]], *, mode
     ``messages`` are OpenAI-style (formats.messages.for_template turns them into what the
     template expects)."""
     from .errors import UsageError
-    from .formats.detect import opens_reasoning
+    from .formats.detect import arguments_as_text, opens_reasoning
     from .formats.messages import for_template
 
     fmt = fmt or reply_format(engine, reasoning)
@@ -312,8 +312,12 @@ def plan_chat(engine: ChatEngine, messages: Sequence[Mapping[str, Any]], *, mode
         raise UsageError(f"{model}'s chat template has no tool calling",
                          hint="use a model whose template takes tools (docs/serve.md#tools)")
     variables = thinking_variables(fmt, think, model)
-    prompt = engine.format_chat(for_template(messages, fmt),
-                                tools=[dict(t) for t in tools] or None,
+    try:
+        converted = for_template(messages, fmt, arguments_as_text=arguments_as_text(
+            engine.template_text() or ""))
+    except ValueError as exc:
+        raise UsageError(f"messages: {exc}") from None
+    prompt = engine.format_chat(converted, tools=[dict(t) for t in tools] or None,
                                 variables=variables or None)
     tokens = engine.tokenize(prompt, templated=True)
     spec = ReplySpec(fmt=fmt, tools=list(tools), tool_choice=tool_choice, parallel=parallel,

@@ -124,3 +124,13 @@ def opens_reasoning(prompt: str, fmt: ReplyFormat) -> bool:
     if fmt.reasoning == "harmony":
         return _OPEN_ANALYSIS.search(prompt) is not None
     return False
+
+
+_ARGS_CONCATENATED = re.compile(r"""arguments['"]?\]?\s*\+""")
+
+
+def arguments_as_text(template: str) -> bool:
+    """Whether the template concatenates a tool call's arguments as a string
+    (``tool['function']['arguments'] + '...'``, as the DeepSeek-R1 distill templates in most
+    R1 GGUFs do) rather than serialising an object (``arguments | tojson``)."""
+    return bool(_ARGS_CONCATENATED.search(template))

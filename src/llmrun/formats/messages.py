@@ -23,7 +23,7 @@ _MISTRAL_ID_LENGTH = 9
 
 
 def for_template(
-    messages: Sequence[Mapping[str, Any]], fmt: ReplyFormat
+    messages: Sequence[Mapping[str, Any]], fmt: ReplyFormat, *, arguments_as_text: bool = False
 ) -> list[dict[str, Any]]:
     """Convert OpenAI chat-API ``messages`` into the dicts chat templates expect, following
     the conventions of Hugging Face ``transformers`` (what the templates were tested with).
@@ -70,6 +70,11 @@ def for_template(
       ``<think>...</think>`` from content would otherwise treat it as the answer, or keep it.
       An empty trace counts as none.
 
+    ``arguments_as_text`` (detect.arguments_as_text): the template concatenates the
+    arguments as a string (DeepSeek-R1-Distill-Llama's, and the original R1 templates inside
+    most R1 GGUFs: ``... + tool['function']['arguments'] + ...``), which a dict would break;
+    they then stay the JSON text the API sent (re-serialised, so always valid JSON).
+
     Tool messages keep ``tool_call_id`` and ``name`` when given. Other fields (``name`` on
     user messages, ``refusal``, ``audio``...) are dropped: no listed template reads them.
     """
@@ -87,7 +92,8 @@ def for_template(
             if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes)):
                 raise ValueError(f"message {index}: tool_calls must be a list")
             if calls:
-                out["tool_calls"] = [_tool_call(call, index, mistral) for call in calls]
+                out["tool_calls"] = [_tool_call(call, index, mistral, arguments_as_text)
+                                     for call in calls]
                 if fmt.tools == "deepseek-r1" and out["content"] == "":
                     out["content"] = None
             trace = _reasoning(message)
@@ -136,7 +142,7 @@ def _reasoning(message: Mapping[str, Any]) -> str:
     return ""
 
 
-def _tool_call(call: Any, index: int, mistral: bool) -> dict[str, Any]:
+def _tool_call(call: Any, index: int, mistral: bool, as_text: bool) -> dict[str, Any]:
     if not isinstance(call, Mapping):
         raise ValueError(f"message {index}: each tool call must be an object")
     function = call.get("function")
@@ -146,9 +152,10 @@ def _tool_call(call: Any, index: int, mistral: bool) -> dict[str, Any]:
     if call.get("id") is not None:
         out["id"] = _call_id(call["id"], index, mistral)
     out["type"] = call.get("type") or "function"
+    arguments = _arguments(function.get("arguments"), index)
     out["function"] = {
         "name": function["name"],
-        "arguments": _arguments(function.get("arguments"), index),
+        "arguments": json.dumps(arguments, ensure_ascii=False) if as_text else arguments,
     }
     return out
 
