@@ -296,3 +296,16 @@ def test_json_from_a_reasoning_model_comes_after_its_trace(tools_root: Path) -> 
     plain = cli("run", NAME, "--temperature", "0", "-n", "80", "--think-budget", "6",
                 "--schema", schema, "Which city is the capital of France?")
     assert json.loads(plain.stdout) == json.loads(data["text"])  # stdout: the JSON alone
+
+
+def test_a_broken_tool_call_in_the_history_is_a_400(tools_server: str) -> None:
+    import httpx
+
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "c1", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{not json"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "21"}]
+    resp = httpx.post(tools_server + "/v1/chat/completions", timeout=60, json={
+        "model": NAME, "messages": messages, "tools": TOOLS, "max_tokens": 4})
+    assert resp.status_code == 400
+    assert "arguments are not valid JSON" in resp.json()["error"]["message"]
