@@ -240,3 +240,35 @@ def test_low_ram_is_one_warning_line(gemma_cli: Cli) -> None:
     assert proc.stderr.splitlines() == [
         f"Warning: {GEMMA} needs {est.describe()} but only 1.0 KB of memory is available: "
         "expect swapping or an out-of-memory kill; try a smaller --ctx or a smaller quant"]
+
+
+def test_a_registry_default_context_shrinks_to_fit_memory(
+        gemma_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reasoning model's preferred context (the registry's `ctx`) is halved until llmrun's
+    estimate fits the memory available, never below the usual 4096."""
+    from llmrun.engine.model import DEFAULT_CTX, _affordable_ctx
+
+    info = gguf_file.read_info(gemma_file)
+    need = {ctx: memory.estimate(info, ctx, weights=info.file_size).resident
+            for ctx in (4096, 8192, 16384)}
+    monkeypatch.setattr(memory, "address_space_limit", lambda: None)
+    for available, expected in ((None, 16384), (need[16384], 16384),
+                                (need[16384] - 1, 8192), (need[8192] - 1, DEFAULT_CTX),
+                                (1, DEFAULT_CTX)):
+        monkeypatch.setattr(memory, "available_memory", lambda a=available: a)
+        assert _affordable_ctx(info, 16384, [gemma_file], 512) == expected, available
+    monkeypatch.setattr(memory, "available_memory", lambda: None)
+    assert _affordable_ctx(info, 2048, [gemma_file], 512) == 2048  # a smaller preference
+
+
+def test_the_registry_context_is_used_and_the_flag_wins(gemma_file: Path) -> None:
+    model = Model(gemma_file, LoadOptions(ctx_default=8192))
+    try:
+        assert model.n_ctx == 8192  # (the estimate is ~0.3 GB: it fits any test machine)
+    finally:
+        model.close()
+    model = Model(gemma_file, LoadOptions(n_ctx=1024, ctx_default=8192))
+    try:
+        assert model.n_ctx == 1024
+    finally:
+        model.close()
