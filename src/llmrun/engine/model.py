@@ -26,6 +26,7 @@ from .native import (
     physical_cores,
     preload_library,
 )
+from .textstream import TextStream
 
 DEFAULT_CTX = 4096
 PREFILL_PIECE = 32  # tokens per decode of a guess that may be called off between decodes
@@ -131,6 +132,7 @@ class Model:
         self.load_s = time.perf_counter() - start
         self.chat_format = chat_format
         self._template: tuple[str, str] | None = None
+        self._pieces_cache: dict[int, bytes] = {}  # token -> its bytes (_piece)
 
     def close(self) -> None:
         """Free llama.cpp's memory now and let `llmrun rm` have the files."""
@@ -335,51 +337,63 @@ class Model:
         if max_tokens is None or max_tokens <= 0 or len(tokens) + max_tokens > self.n_ctx:
             max_tokens = self.n_ctx - len(tokens)
         cached_whole = self._cached_whole(tokens)
-        llama_cpp.llama_perf_context_reset(self.llama.ctx)
+        llama = self.llama
+        if sampling.seed is not None:
+            llama.set_seed(sampling.seed)
+        else:  # as create_completion does: the next seed of the model's own sequence
+            import random
+
+            llama.set_seed(random.Random(llama._seed).randint(0, 2**32))
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        text = TextStream(sampling.stop)
+        llama_cpp.llama_perf_context_reset(llama.ctx)
         start = time.perf_counter()
         first: float | None = None
         sampler: Any = None
-        sampled = 0
         cancelled = False
-
-        def after_each_token(input_ids: Any, logits: Any) -> bool:
-            """Called once per sampled token: counts it, and stops on request."""
-            nonlocal sampled, cancelled
-            sampled += 1
-            cancelled = cancel is not None and cancel()
-            return cancelled
-
-        stream: Any = self.llama.create_completion(
-            tokens, max_tokens=max_tokens, temperature=sampling.temperature,
-            top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty, seed=sampling.seed, stop=sampling.stop,
-            grammar=grammar, stream=True,
-            stopping_criteria=llama_cpp.StoppingCriteriaList([after_each_token]))
+        # llama-cpp-python's token generator (its prefix reuse, sampler chain and grammar),
+        # with text made here: create_completion's streaming re-detokenizes a growing tail
+        # while bytes are not yet valid UTF-8, O(N^2) for byte tokens (textstream.py)
+        tokens_out = llama.generate(
+            tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, grammar=grammar)
         try:
-            for chunk in stream:
-                choice: dict[str, Any] = chunk["choices"][0]
-                piece = choice.get("text") or ""
+            for token in tokens_out:
                 if first is None:
                     first = time.perf_counter()
-                    sampler = getattr(self.llama, "_sampler", None)  # this generation's
+                    sampler = getattr(llama, "_sampler", None)  # this generation's
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    res.finish_reason = "stop"
+                    break
+                res.completion_tokens += 1
+                piece = text.add(self._piece(token))
                 if piece:
                     res.text += piece
                     yield piece
-                if choice.get("finish_reason"):
-                    res.finish_reason = choice["finish_reason"]
+                if text.stopped:
+                    res.finish_reason = "stop"
+                    break
+                if res.completion_tokens >= max_tokens:
+                    res.finish_reason = "length"
+                    break
+                if cancel is not None and cancel():
+                    cancelled = True
+                    break
+            if not cancelled:
+                tail = text.flush()  # a character cut short, or text that was not a stop
+                if tail:
+                    res.text += tail
+                    yield tail
+                if text.stopped:
+                    res.finish_reason = "stop"
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            tokens_out.close()
             self._free_sampler(sampler)
-            perf = llama_cpp.llama_perf_context(self.llama.ctx)
+            perf = llama_cpp.llama_perf_context(llama.ctx)
             # llama.cpp books a one-token decode as generation and reports n_p_eval as at
             # least 1: with no prompt decode timed, it was 0 tokens or 1
             res.prompt_evaluated = int(perf.n_p_eval) if perf.t_p_eval_ms > 0 else (
                 0 if cached_whole else 1)
-            # llama-cpp-python samples one token past the last it returns (the end-of-turn
-            # token, or the one after max_tokens), and the criteria see every sample
-            res.completion_tokens = max(0, sampled - 1)
             if cancelled:
                 res.finish_reason = "cancelled"
             res.prompt_s = perf.t_p_eval_ms / 1000 if perf.n_p_eval else (
@@ -387,6 +401,27 @@ class Model:
             res.gen_s = perf.t_eval_ms / 1000
         if res.finish_reason is None:
             res.finish_reason = "length"
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token, as llama.cpp writes it in a stream (control tokens are
+        empty; gpt-oss's harmony markers are user-defined in llama.cpp, so they show)."""
+        found = self._pieces_cache.get(token)
+        if found is None:
+            import ctypes
+
+            import llama_cpp
+
+            vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
+                if n >= 0:
+                    found = buf.raw[:n]
+                    break
+                size = -n
+            self._pieces_cache[token] = found
+        return found
 
     def _cached_whole(self, tokens: list[int]) -> bool:
         """Whether llama-cpp-python will sample the first token without any decode: the cache
