@@ -19,6 +19,7 @@ from .doctor import doctor_cmd
 from .import_ import import_cmd
 from .list_ import list_cmd
 from .prune import prune_cmd
+from .ps import ps_cmd, stop_cmd
 from .pull import pull_cmd
 from .rm import rm_cmd
 from .run import run_cmd
@@ -66,6 +67,8 @@ app.command("import")(import_cmd)
 app.command("verify")(verify_cmd)
 app.command("prune")(prune_cmd)
 app.command("serve")(serve_cmd)
+app.command("ps")(ps_cmd)
+app.command("stop")(stop_cmd)
 app.command("doctor")(doctor_cmd)
 app.command("bench")(bench_cmd)
 

@@ -11,6 +11,7 @@ Host/Origin/API-key checks in security.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
@@ -49,6 +50,14 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     preload: list[str] = field(default_factory=list)
     max_body: int = MAX_BODY
+
+
+def _cancelled(job: Job | None) -> ApiError:
+    """Why a job ended before its client asked: the model was stopped, or the server is."""
+    if job is not None and job.reason:
+        return ApiError(503, job.reason, type="server_error", code="model_unloaded",
+                        headers={"Retry-After": "1"})
+    return _SHUTTING_DOWN
 
 
 _SHUTTING_DOWN = ApiError(503, "the server is shutting down", type="server_error",
@@ -154,7 +163,7 @@ class Api:
             raise to_api_error(ev.error)
         if isinstance(ev, Done) and ev.cancelled:
             _record(state, ev.result)
-            raise _SHUTTING_DOWN
+            raise _cancelled(holder[0] if holder else None)
         renderer = Renderer(kind, spec.name)
         if isinstance(ev, Done) and not req.stream:
             _record(state, ev.result)
@@ -177,7 +186,8 @@ class Api:
                     if isinstance(ev, Done):
                         _record(state, ev.result)
                     if isinstance(ev, Failed) or ev.cancelled:
-                        err = to_api_error(ev.error) if isinstance(ev, Failed) else _SHUTTING_DOWN
+                        err = to_api_error(ev.error) if isinstance(ev, Failed) else (
+                            _cancelled(job))
                         state.note = f"error: {err.message[:100]}"
                         yield http.sse(err.body())
                     else:
@@ -289,6 +299,27 @@ def create_app(config: ServerConfig) -> FastAPI:
                 return card
         raise ApiError(404, f"model {model_id[:100]!r} not found", param="model",
                        code="model_not_found")
+
+    @app.get("/api/ps")
+    async def ps() -> dict[str, Any]:
+        """The loaded models (`llmrun ps`); needs the API key when one is set."""
+        return {"models": api.pool.details(), "keep_alive_s": config.keep_alive}
+
+    @app.post("/api/stop")
+    async def stop(request: Request) -> dict[str, Any]:
+        """Unload a model now (`llmrun stop MODEL`)."""
+        body = await http.read_body(request, 64 * 1024)
+        try:
+            name = json.loads(body)["model"]
+            if not isinstance(name, str) or not name:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(400, 'the body must be {"model": NAME}', param="model") from None
+        canonical = api.resolved.get(name[:200], name)
+        if not await api.pool.stop(canonical):
+            raise ApiError(404, f"model {name[:100]!r} is not loaded", param="model",
+                           code="model_not_loaded")
+        return {"stopped": canonical}
 
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])

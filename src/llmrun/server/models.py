@@ -75,9 +75,11 @@ class Pool:
         slot.jobs.put(job)
         return job
 
-    def cancel(self, job: Job) -> None:
-        """The client went away: a queued job is dropped, a running one stops at the next
-        token."""
+    def cancel(self, job: Job, reason: str | None = None) -> None:
+        """The client went away (or the model is being stopped: ``reason``): a queued job is
+        dropped, a running one stops at the next token."""
+        if reason is not None:
+            job.reason = reason
         job.cancelled.set()
         if job.state == "queued":
             job.state = "cancelled"
@@ -115,6 +117,34 @@ class Pool:
     def status(self) -> list[dict[str, Any]]:
         return [{"name": s.spec.name, "loaded": s.loaded, "running": int(s.running),
                  "waiting": s.waiting} for s in self._slots.values()]
+
+    def details(self) -> list[dict[str, Any]]:
+        """What `llmrun ps` shows: per loaded model, its state, requests running and queued,
+        the memory of its process, how long it has been idle and when it unloads."""
+        now = time.monotonic()
+        found = []
+        for s in self._slots.values():
+            idle = None if s.active else round(now - s.last_used, 1)
+            unload = None
+            if idle is not None and self.keep_alive >= 0:
+                unload = round(max(0.0, self.keep_alive - idle), 1)
+            found.append({"name": s.spec.name, "state": "ready" if s.loaded else "loading",
+                          "running": int(s.running), "queued": s.waiting,
+                          "memory": _rss(s.pid), "pid": s.pid, "idle_s": idle,
+                          "unloads_in_s": unload})
+        return found
+
+    async def stop(self, name: str) -> bool:
+        """Unload a model now (`llmrun stop`): its queued and running requests end with a
+        503 that says so. False when it is not loaded."""
+        slot = self._slots.get(name)
+        if slot is None:
+            return False
+        for job in list(self._jobs):
+            if job.slot is slot:
+                self.cancel(job, reason=f"{name} was unloaded (llmrun stop)")
+        await self._close(slot, timeout=30.0)
+        return True
 
     async def shutdown(self) -> None:
         if self._reaper is not None:
@@ -192,3 +222,15 @@ class Pool:
             for slot in list(self._slots.values()):
                 if slot.active == 0 and now - slot.last_used >= self.keep_alive:
                     await self._close(slot)
+
+
+def _rss(pid: int | None) -> int | None:
+    """Resident memory of a model's process, in bytes; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except Exception:  # gone, or not allowed: ps shows "-"
+        return None

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import queue
 import threading
 import time
@@ -131,6 +132,7 @@ class Job:
         self.state = "queued"  # loop side: queued -> running -> finished (or cancelled)
         self.finished = asyncio.Event()  # set on the loop once the worker is done with it
         self.result: Result | None = None  # the worker's numbers, final once finished is set
+        self.reason: str | None = None  # why it was cancelled, when not by its client
 
     def post(self, event: Event) -> None:
         """From the worker thread: hand an event to the request handler."""
@@ -164,6 +166,7 @@ class Slot:
         self.active = 0  # admitted, not finished
         self.running = False
         self.loaded = False
+        self.pid: int | None = None  # the model's process (ps shows its memory)
         self.last_used = time.monotonic()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"llmrun-model-{spec.name}")
@@ -185,6 +188,8 @@ class Slot:
                 job.post(Failed(error))
                 self._call(self.owner.finished, self, job)
             return
+        proc = getattr(engine, "proc", None)
+        self.pid = proc.pid if proc is not None else os.getpid()
         if warning := getattr(engine, "memory_warning", None):
             log.warning("%s", warning)
         if notice := getattr(engine, "notice", None):
