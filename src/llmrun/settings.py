@@ -37,6 +37,8 @@ class Settings(BaseSettings):
         "= on unless the engine self-test crashes with them (docs/install.md)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    parallel: int = Field(1, ge=1, le=64, description="serve: requests per model decoded "
+                          "together")
     api_key: str | None = Field(None, repr=False)
     endpoint: str | None = None
     stall_timeout: float = Field(30.0, gt=0, description="seconds without bytes before retrying")

@@ -71,6 +71,9 @@ KeepAlive = Annotated[str, typer.Option(
 MaxLoaded = Annotated[int, typer.Option(metavar="N", min=1, help="models loaded at once (LRU)")]
 Queue = Annotated[int, typer.Option(
     metavar="N", min=1, help="requests waiting per model; more get 503 + Retry-After")]
+Parallel = Annotated[int | None, typer.Option(
+    metavar="N", min=1, max=64, help="requests per model decoded together (continuous "
+    "batching; each has its own context) [env LLMRUN_PARALLEL; default 1]")]
 CorsOrigin = Annotated[list[str] | None, typer.Option(
     metavar="ORIGIN", help="allow browser pages from this origin (repeatable); none by default")]
 
@@ -79,7 +82,7 @@ def serve_cmd(
     host: Host = None, port: Port = None, model: Models = None, api_key: ApiKey = None,
     keep_alive: KeepAlive = "5m", max_loaded: MaxLoaded = 1, queue: Queue = 64,
     cors_origin: CorsOrigin = None, ctx: gen.Ctx = None, gpu_layers: gen.GpuLayers = None,
-    threads: gen.Threads = None,
+    threads: gen.Threads = None, parallel: Parallel = None,
 ) -> None:
     """Serve pulled models over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /v1/completions, /v1/models, /health). Logs one line per request on stderr."""
@@ -100,7 +103,7 @@ def serve_cmd(
     sock = _bind(host, port)
     _serve(sock, host, key, idle, max_loaded, queue, cors_origin or [],
            preload, ctx or s.ctx, gpu_layers if gpu_layers is not None else s.gpu_layers,
-           threads or s.threads, s.debug)
+           threads or s.threads, s.debug, parallel or s.parallel)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -115,7 +118,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, max_loaded: int,
            queue: int, cors: list[str], preload: list[str], ctx: int | None,
-           gpu_layers: int | None, threads: int | None, debug: bool) -> None:
+           gpu_layers: int | None, threads: int | None, debug: bool, parallel: int) -> None:
     import logging
     import sys
 
@@ -136,7 +139,7 @@ def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, m
                        flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
                        state_dir=str(s.state_dir))
     config = ServerConfig(resolve=_resolve, list_models=_list_models,
-                          load=engine_loader(opts, debug=debug), host=host,
+                          load=engine_loader(opts, debug=debug, parallel=parallel), host=host,
                           port=sock.getsockname()[1], api_key=key, keep_alive=keep_alive,
                           max_loaded=max_loaded, queue=queue, cors_origins=cors, preload=preload)
     shown = f"[{host}]" if ":" in host else host

@@ -16,9 +16,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,8 +33,12 @@ from ..errors import LlmrunError, ModelError
 
 class ChildEngine:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None, debug: bool,
-                 name: str) -> None:
+                 name: str, parallel: int = 1) -> None:
         self.name, self.dead = name, False
+        self.parallel = parallel
+        self._streams: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}
+        self._calls: queue.SimpleQueue[dict[str, Any] | None] | None = None  # parallel only
+        self._call_lock = threading.Lock()
         read, write = os.pipe()
         try:
             out: int | IO[Any] = sys.stderr.fileno()
@@ -46,13 +53,18 @@ class ChildEngine:
         self._template: tuple[Any] | None = None
         try:
             loaded = self._call("load", path=str(path), opts=dataclasses.asdict(opts),
-                                chat_format=chat_format, debug=debug, name=name)
+                                chat_format=chat_format, debug=debug, name=name,
+                                parallel=parallel)
             self.n_ctx = int(loaded["n_ctx"])
             self.memory_warning: str | None = loaded["memory_warning"]
             self.notice: str | None = loaded.get("notice")
         except BaseException:
             self.close()
             raise
+        if parallel > 1:  # replies and events of several streams share the pipe from now on
+            self._calls = queue.SimpleQueue()
+            threading.Thread(target=self._read_replies, daemon=True,
+                             name=f"llmrun-replies-{name}").start()
 
     # ---- the engine interface --------------------------------------------------------
     def format_chat(self, messages: list[dict[str, Any]], *,
@@ -80,6 +92,69 @@ class ChildEngine:
 
     def generate(self, tokens: list[int], sampling: Sampling,
                  result: Result | None = None) -> Iterator[str]:
+        if self.parallel > 1:
+            return self._generate_batched(tokens, sampling, result)
+        return self._generate_lockstep(tokens, sampling, result)
+
+    def _generate_batched(self, tokens: list[int], sampling: Sampling,
+                          result: Result | None) -> Iterator[str]:
+        """One of the sequences the child decodes together (engine/batch.py): its pieces
+        arrive as the child's steps make them; closing this early cancels it there."""
+        res = result if result is not None else Result()
+        rid = uuid.uuid4().hex
+        events: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._streams[rid] = events
+        done = False
+        try:
+            self._call("bstart", rid=rid, tokens=tokens, sampling=dataclasses.asdict(sampling))
+            while True:
+                event = events.get()
+                if event is None:
+                    raise self._died()
+                if "piece" in event:
+                    yield str(event["piece"])
+                elif "error" in event:
+                    done = True
+                    raise ModelError(str(event["error"]))
+                else:
+                    _fill(res, event["done"])
+                    done = True
+                    return
+        finally:
+            if not done and not self.dead:
+                with contextlib.suppress(LlmrunError):
+                    self._call("bcancel", rid=rid)
+                while (event := events.get()) is not None and "done" not in event:
+                    pass  # the child ends it at its next step, with what it counted
+                if event is not None:
+                    _fill(res, event["done"])
+            self._streams.pop(rid, None)
+
+    def _read_replies(self) -> None:
+        """The pipe's only reader once streams are batched: events go to their stream,
+        replies to the call waiting for one; at the end of the pipe, everyone is told."""
+        while True:
+            try:
+                line = self._replies.readline()
+            except (OSError, ValueError):
+                line = b""
+            if not line:
+                break
+            message: dict[str, Any] = json.loads(line)
+            rid = message.get("event")
+            if rid is None:
+                assert self._calls is not None
+                self._calls.put(message)
+            elif (stream := self._streams.get(str(rid))) is not None:
+                stream.put(message)
+        self.dead = True
+        if self._calls is not None:
+            self._calls.put(None)
+        for stream in list(self._streams.values()):
+            stream.put(None)
+
+    def _generate_lockstep(self, tokens: list[int], sampling: Sampling,
+                           result: Result | None) -> Iterator[str]:
         res = result if result is not None else Result()
         self._call("generate", tokens=tokens, sampling=dataclasses.asdict(sampling))
         done = False
@@ -114,18 +189,23 @@ class ChildEngine:
         return self._request({"op": op, **args}).get("value")
 
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
-        if self.dead:
-            raise self._died()
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-            line = self._replies.readline()
-        except (OSError, ValueError):
-            line = b""
-        if not line:
-            self.dead = True
-            raise self._died()
+        with self._call_lock:  # one call at a time, whichever thread makes it
+            if self.dead:
+                raise self._died()
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+                self.proc.stdin.flush()
+                if self._calls is not None:
+                    got = self._calls.get()
+                    line = b"" if got is None else json.dumps(got).encode()
+                else:
+                    line = self._replies.readline()
+            except (OSError, ValueError):
+                line = b""
+            if not line:
+                self.dead = True
+                raise self._died()
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
             raise _rebuild(reply["error"])
@@ -166,16 +246,69 @@ def main() -> None:
         Path("/proc/self/oom_score_adj").write_text("500")
     replies = os.fdopen(int(sys.argv[1]), "w", encoding="utf-8")
     state: dict[str, Any] = {}
-    for line in sys.stdin:  # one request at a time; the server closes stdin to end us
-        try:
-            reply = _handle(state, json.loads(line))
-        except LlmrunError as exc:
-            reply = {"error": {"type": type(exc).__name__, "message": exc.message,
-                               "hint": exc.hint}}
-        except Exception as exc:  # reported to the server, which stays up
-            reply = {"error": {"type": "ModelError", "message": f"{type(exc).__name__}: {exc}"}}
-        replies.write(json.dumps(reply) + "\n")
+
+    def emit(rid: str, payload: dict[str, Any]) -> None:
+        replies.write(json.dumps({"event": rid, **payload}) + "\n")
         replies.flush()
+
+    state["emit"] = emit
+    lines = _Lines(sys.stdin.fileno())
+    while True:  # the server closes stdin to end us
+        batch = state.get("batch")
+        if batch is not None and batch.active:  # requests are read between steps
+            for waiting in lines.ready():
+                _serve_line(state, waiting, replies)
+            if lines.eof:
+                break
+            batch.step(emit)
+            continue
+        line = lines.next()
+        if line is None:
+            break
+        _serve_line(state, line, replies)
+
+
+class _Lines:
+    """Lines from a pipe, blocking or only those already there (between batch steps)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buf, self.eof = fd, b"", False
+
+    def _take(self) -> list[str]:
+        *whole, self.buf = self.buf.split(b"\n")
+        return [w.decode("utf-8") for w in whole]
+
+    def ready(self) -> list[str]:
+        import select
+
+        while not self.eof and select.select([self.fd], [], [], 0)[0]:
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                self.eof = True
+            self.buf += data
+        return self._take()
+
+    def next(self) -> str | None:
+        while b"\n" not in self.buf:
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                self.eof = True
+                return None
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode("utf-8")
+
+
+def _serve_line(state: dict[str, Any], line: str, replies: IO[str]) -> None:
+    try:
+        reply = _handle(state, json.loads(line))
+    except LlmrunError as exc:
+        reply = {"error": {"type": type(exc).__name__, "message": exc.message,
+                           "hint": exc.hint}}
+    except Exception as exc:  # reported to the server, which stays up
+        reply = {"error": {"type": "ModelError", "message": f"{type(exc).__name__}: {exc}"}}
+    replies.write(json.dumps(reply) + "\n")
+    replies.flush()
 
 
 def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +320,10 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
                                chat_format=req["chat_format"], debug=req["debug"],
                                name=req["name"])
         state["model"].remember_prompt_pieces()  # each request re-sends the conversation
+        if int(req.get("parallel") or 1) > 1:
+            from ..engine.batch import BatchEngine
+
+            state["batch"] = BatchEngine(state["model"], int(req["parallel"]))
         return {"value": {"n_ctx": state["model"].n_ctx,
                           "memory_warning": state["model"].memory_warning,
                           "notice": state["model"].notice}}
@@ -207,6 +344,12 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
         state["result"] = Result()
         state["pieces"] = model.generate(req["tokens"], Sampling(**req["sampling"]),
                                          state["result"])
+        return {"value": None}
+    if op == "bstart":
+        state["batch"].start(req["rid"], req["tokens"], Sampling(**req["sampling"]))
+        return {"value": None}
+    if op == "bcancel":
+        state["batch"].cancel(req["rid"])
         return {"value": None}
     if op == "next":
         piece = next(state["pieces"], None)

@@ -166,7 +166,8 @@ class Pool:
         self._forget(slot)  # jobs already queued fail fast; new ones load the model afresh
 
     def started(self, slot: Slot, job: Job) -> None:
-        slot.running = True
+        slot.running += 1
+        job.started = True
         if job.state == "queued":
             job.state = "running"
             slot.waiting -= 1
@@ -174,10 +175,11 @@ class Pool:
     def finished(self, slot: Slot, job: Job) -> None:
         if job.state == "queued":
             slot.waiting -= 1
+        if job.started:
+            slot.running -= 1
         job.state = "finished"
         job.finished.set()
         self._jobs.discard(job)
-        slot.running = False
         slot.active -= 1
         slot.last_used = time.monotonic()
         if slot.active == 0:

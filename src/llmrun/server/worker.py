@@ -80,9 +80,11 @@ Loader = Callable[[ModelSpec], Engine]
 Prepare = Callable[[Engine, Result], Iterator[Delta]]
 
 
-def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = True) -> Loader:
+def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = True,
+                  parallel: int = 1) -> Loader:
     """Load models with llmrun's engine (called in the worker thread that will own them): in a
-    child process each (child.py), or with ``isolate=False`` in this process."""
+    child process each (child.py), or with ``isolate=False`` in this process. With
+    ``parallel`` > 1 the child decodes that many requests together (engine/batch.py)."""
 
     def load(spec: ModelSpec) -> Engine:
         from dataclasses import replace
@@ -92,7 +94,7 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
             from .child import ChildEngine
 
             return ChildEngine(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
-                               name=spec.name)
+                               name=spec.name, parallel=parallel)
         from ..engine import Model
 
         return Model(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
@@ -133,6 +135,7 @@ class Job:
         self.finished = asyncio.Event()  # set on the loop once the worker is done with it
         self.result: Result | None = None  # the worker's numbers, final once finished is set
         self.reason: str | None = None  # why it was cancelled, when not by its client
+        self.started = False  # the worker began it (loop side; ps counts it as running)
 
     def post(self, event: Event) -> None:
         """From the worker thread: hand an event to the request handler."""
@@ -164,7 +167,7 @@ class Slot:
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.waiting = 0  # admitted, not started
         self.active = 0  # admitted, not finished
-        self.running = False
+        self.running = 0  # started, not finished
         self.loaded = False
         self.pid: int | None = None  # the model's process (ps shows its memory)
         self.last_used = time.monotonic()
@@ -195,6 +198,11 @@ class Slot:
         if notice := getattr(engine, "notice", None):
             log.warning("%s", notice)
         self._call(self.owner.loaded, self, time.perf_counter() - start)
+        parallel = int(getattr(engine, "parallel", 1) or 1)
+        if parallel > 1:
+            self._run_batched(engine, parallel)
+            self._close_engine(engine)
+            return
         crashed = False
         while (job := self.jobs.get()) is not None:
             if job.cancelled.is_set():
@@ -209,6 +217,10 @@ class Slot:
                         crashed = True  # the model's process is gone: a new request reloads
                         self._call(self.owner.crashed, self, exc)
             self._call(self.owner.finished, self, job)
+        self._close_engine(engine)
+
+    @staticmethod
+    def _close_engine(engine: Engine) -> None:
         with _NATIVE:
             close = getattr(engine, "close", None)
             del engine
@@ -217,15 +229,53 @@ class Slot:
             del close
             gc.collect()  # llama_cpp.Llama frees its native memory in __del__
 
+    def _run_batched(self, engine: Engine, parallel: int) -> None:
+        """Up to ``parallel`` jobs at once, each in a thread of its own, their tokens decoded
+        together by the model's process: a job starts as soon as a sequence is free."""
+        free = threading.Semaphore(parallel)
+        running: list[threading.Thread] = []
+        crashed = threading.Event()
+
+        def one(job: Job) -> None:
+            try:
+                self._execute(engine, job, lock=False)
+            except Exception as exc:
+                job.post(Failed(exc))
+                if getattr(engine, "dead", False) and not crashed.is_set():
+                    crashed.set()  # the model's process is gone: a new request reloads
+                    self._call(self.owner.crashed, self, exc)
+            finally:
+                self._call(self.owner.finished, self, job)
+                free.release()
+
+        while (job := self.jobs.get()) is not None:
+            free.acquire()
+            if job.cancelled.is_set():
+                job.post(Done(Result(), cancelled=True))
+                self._call(self.owner.finished, self, job)
+                free.release()
+                continue
+            self._call(self.owner.started, self, job)
+            thread = threading.Thread(target=one, args=(job,), daemon=True,
+                                      name=f"llmrun-job-{self.spec.name}")
+            thread.start()
+            running = [t for t in running if t.is_alive()] + [thread]
+        for thread in running:
+            thread.join()
+
     @staticmethod
-    def _execute(engine: Engine, job: Job) -> None:
+    def _execute(engine: Engine, job: Job, *, lock: bool = True) -> None:
+        """Run one job. ``lock``: hold the process-wide lock for each call into the engine
+        (a model in this process, or one request at a time); a batched model's process
+        takes calls from several job threads itself."""
+        native = _NATIVE if lock else contextlib.nullcontext()
         result = job.result = Result()
-        with _NATIVE:
+        with native:
             pieces = job.prepare(engine, result)
         cancelled = job.cancelled.is_set()
         try:
             while not cancelled:
-                with _NATIVE:  # one token (or a few, when text is held back for stops)
+                with native:  # one token (or a few, when text is held back for stops)
                     piece = next(pieces, None)
                 if piece is None:
                     break
@@ -235,6 +285,6 @@ class Slot:
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
-                with _NATIVE:
+                with native:
                     close()  # stops llama.cpp here, in the owning thread
         job.post(Done(result, cancelled))

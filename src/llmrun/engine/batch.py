@@ -1,0 +1,273 @@
+"""Continuous batching: several sequences of one model decoded together in one llama.cpp
+context (`serve --parallel N`).
+
+Each step builds one llama_batch: the last sampled token of every sequence that is
+generating, then prompt tokens of sequences still being read, in chunks, up to the batch
+size, so a long prompt never stalls the streams already running. A request joins at the next
+step and a finished or cancelled one frees its slot at once. Every sequence samples with its
+own chain (its temperature, seed, penalties and grammar), built the way llama-cpp-python's
+``Llama._init_sampler`` builds it, so that a greedy answer is the one the request would get
+alone (up to llama.cpp's batch-size numerics, docs/benchmarks.md).
+
+KV cache: per-sequence (``kv_unified`` off), each slot with the context a single request
+gets (``Model.n_ctx``), so a request that fits alone fits here and one that does not is
+refused exactly as before. A slot keeps its tokens after a request: a conversation that goes
+on lands on the slot that holds its prefix (when that slot is free) and evaluates only what
+is new.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..datatypes import Result, Sampling
+from .textstream import TextStream
+
+if TYPE_CHECKING:
+    from .model import Model
+
+Emit = Callable[[str, dict[str, Any]], None]  # (request id, {"piece": ..} or {"done": ..})
+
+
+@dataclass
+class _Seq:
+    seq: int  # llama.cpp sequence id = slot number
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this slot holds
+    rid: str | None = None  # the request using it
+    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    last: int | None = None  # the sampled token to evaluate next
+    sampler: Any = None
+    text: TextStream | None = None
+    result: Result = field(default_factory=Result)
+    max_tokens: int = 0
+    started: float = 0.0
+    first: float | None = None
+    prompt_done: float | None = None
+    cancel: bool = False
+
+
+class BatchEngine:
+    """``n_seq`` sequences of ``model`` in one context of their own."""
+
+    def __init__(self, model: Model, n_seq: int, *, n_batch: int = 512) -> None:
+        import llama_cpp
+
+        self.model, self.n_seq, self.n_batch = model, n_seq, n_batch
+        self.n_ctx = model.n_ctx  # per sequence
+        own = model.llama.context_params  # threads, flash attention, offload: the same
+        params = type(own).from_buffer_copy(own)
+        params.n_ctx = self.n_ctx * n_seq
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = False
+        self.ctx = llama_cpp.llama_init_from_model(model.llama.model, params)
+        if not self.ctx:
+            from ..errors import ModelError
+
+            raise ModelError(f"could not make a context for {n_seq} parallel sequences",
+                             hint="try a smaller --parallel or --ctx")
+        self.vocab = llama_cpp.llama_model_get_vocab(model.llama.model)
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.seqs = [_Seq(i) for i in range(n_seq)]
+
+    def close(self) -> None:
+        import llama_cpp
+
+        for s in self.seqs:
+            self._free_sampler(s)
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+
+    # ---- requests --------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return any(s.rid is not None for s in self.seqs)
+
+    def free_slots(self) -> int:
+        return sum(s.rid is None for s in self.seqs)
+
+    def start(self, rid: str, tokens: list[int], sampling: Sampling) -> None:
+        """A request joins at the next step, on the free slot holding its longest prefix."""
+        import llama_cpp
+
+        self.model.check_fits(len(tokens))
+        free = [s for s in self.seqs if s.rid is None]
+        if not free:
+            raise RuntimeError("no free sequence")  # the server never starts more than n_seq
+        seq = max(free, key=lambda s: (_common(s.cached, tokens), -s.seq))
+        common = min(_common(seq.cached, tokens), len(tokens) - 1)  # the last is evaluated
+        memory = llama_cpp.llama_get_memory(self.ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq, common, -1):
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq, -1, -1)
+            common = 0
+        seq.cached = tokens[:common]
+        seq.pending = tokens[common:]
+        seq.rid, seq.last, seq.cancel = rid, None, False
+        seq.sampler = self._sampler(sampling)
+        seq.text = TextStream(sampling.stop)
+        seq.result = Result(prompt_tokens=len(tokens), load_s=self.model.load_s,
+                            prompt_evaluated=len(seq.pending))
+        limit = sampling.max_tokens
+        if limit is None or limit <= 0 or len(tokens) + limit > self.n_ctx:
+            limit = self.n_ctx - len(tokens)
+        seq.max_tokens = limit
+        seq.started, seq.first, seq.prompt_done = time.perf_counter(), None, None
+
+    def cancel(self, rid: str) -> None:
+        for s in self.seqs:
+            if s.rid == rid:
+                s.cancel = True
+
+    # ---- one step --------------------------------------------------------------------
+    def step(self, emit: Emit) -> None:
+        """Evaluate one batch and sample every sequence that has logits in it."""
+        import llama_cpp
+
+        for s in self.seqs:  # cancelled ones end before any work is done for them
+            if s.rid is not None and s.cancel:
+                self._finish(s, "cancelled", emit)
+        batch, n = self.batch, 0
+        sample_at: list[tuple[_Seq, int]] = []
+        for s in self.seqs:  # streams first: one token each
+            if s.rid is not None and not s.pending and s.last is not None:
+                self._put(n, s.last, len(s.cached), s.seq, True)
+                s.cached.append(s.last)
+                sample_at.append((s, n))
+                n += 1
+        readers = [s for s in self.seqs if s.rid is not None and s.pending]
+        while readers and n < self.n_batch:  # then prompts, in turns, up to the batch size
+            share = max(1, (self.n_batch - n) // len(readers))
+            for s in list(readers):
+                take = s.pending[:min(share, self.n_batch - n)]
+                for i, token in enumerate(take):
+                    last = i == len(take) - 1 and len(take) == len(s.pending)
+                    self._put(n, token, len(s.cached), s.seq, last)
+                    s.cached.append(token)
+                    if last:
+                        sample_at.append((s, n))
+                    n += 1
+                s.pending = s.pending[len(take):]
+                if not s.pending:
+                    readers.remove(s)
+                if n >= self.n_batch:
+                    break
+        if n == 0:
+            return
+        batch.n_tokens = n
+        code = llama_cpp.llama_decode(self.ctx, batch)
+        if code != 0:
+            from ..errors import ModelError
+
+            error = ModelError(f"llama_decode failed ({code}) with {n} tokens in the batch")
+            for s in self.seqs:
+                if s.rid is not None:
+                    emit(s.rid, {"error": error.message})
+                    self._release(s, keep=False)
+            return
+        now = time.perf_counter()
+        for s, index in sample_at:
+            if s.prompt_done is None:
+                s.prompt_done = now
+            token = int(llama_cpp.llama_sampler_sample(s.sampler.sampler, self.ctx, index))
+            if s.first is None:
+                s.first = now
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                self._finish(s, "stop", emit)
+                continue
+            s.result.completion_tokens += 1
+            assert s.text is not None
+            piece = s.text.add(self.model._piece(token))
+            if piece:
+                s.result.text += piece
+                emit(s.rid or "", {"piece": piece})
+            if s.text.stopped:
+                self._finish(s, "stop", emit)
+            elif s.result.completion_tokens >= s.max_tokens:
+                self._finish(s, "length", emit)
+            else:
+                s.last = token
+
+    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+
+    def _finish(self, s: _Seq, reason: str, emit: Emit) -> None:
+        if reason != "cancelled" and s.text is not None:
+            tail = s.text.flush()
+            if tail:
+                s.result.text += tail
+                emit(s.rid or "", {"piece": tail})
+            if s.text.stopped:
+                reason = "stop"
+        r = s.result
+        r.finish_reason = reason
+        end = time.perf_counter()
+        r.prompt_s = ((s.prompt_done or end) - s.started)
+        r.gen_s = end - (s.prompt_done or end)
+        emit(s.rid or "", {"done": {k: getattr(r, k) for k in (
+            "text", "finish_reason", "prompt_tokens", "completion_tokens", "load_s", "prompt_s",
+            "gen_s", "prompt_evaluated")}})
+        self._release(s, keep=True)
+
+    def _release(self, s: _Seq, *, keep: bool) -> None:
+        """Free the slot; with ``keep`` its KV (prompt and answer) stays for the next request
+        that starts the same way."""
+        if not keep:
+            import llama_cpp
+
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), s.seq, -1, -1)
+            s.cached = []
+        s.rid, s.pending, s.last, s.text = None, [], None, None
+        self._free_sampler(s)
+
+    def _free_sampler(self, s: _Seq) -> None:
+        if s.sampler is not None:
+            s.sampler.close()
+            s.sampler = None
+
+    def _sampler(self, sampling: Sampling) -> Any:
+        """The chain llama-cpp-python's Llama._init_sampler makes for these settings."""
+        import random
+
+        from llama_cpp import _internals
+
+        llama = self.model.llama
+        seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**32 - 1)
+        chain: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
+        chain.add_penalties(n_vocab=llama._n_vocab, penalty_last_n=llama.last_n_tokens_size,
+                            penalty_repeat=sampling.repeat_penalty, penalty_freq=0.0,
+                            penalty_present=0.0)
+        grammar = self.model._grammar(sampling)
+        if grammar is not None:
+            chain.add_grammar(llama._model, grammar)
+        if sampling.temperature == 0.0:
+            chain.add_greedy()
+        else:
+            chain.add_top_k(sampling.top_k)
+            chain.add_typical(1.0, 1)
+            chain.add_top_p(sampling.top_p, 1)
+            chain.add_min_p(sampling.min_p, 1)
+            chain.add_temp(sampling.temperature)
+            chain.add_dist(seed)
+        return chain
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+

@@ -1,0 +1,164 @@
+"""`serve --parallel N`: requests of one model decoded together (engine/batch.py), through the
+official openai client against the real model. Order, not time, proves the batching: streams
+that run together all start before any of them ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import GEMMA, Cli, copy_store, make_env
+from test_serve import Server
+
+PROMPTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,", "Roses are red,"]
+
+
+@pytest.fixture(scope="module")
+def batch_root(pulled_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_store(pulled_root, tmp_path_factory.mktemp("batch") / "root")
+
+
+@pytest.fixture(scope="module")
+def batch_server(batch_root: Path) -> Iterator[Server]:
+    srv = Server(batch_root, "--ctx", "512", "--parallel", "4", "--queue", "8")
+    yield srv
+    srv.stop()
+
+
+async def _stream(client: Any, prompt: str, max_tokens: int, log: list[tuple[str, str]],
+                  **extra: Any) -> tuple[str, str | None, int]:
+    text, finish, pieces = "", None, 0
+    stream = await client.completions.create(model=GEMMA, prompt=prompt, max_tokens=max_tokens,
+                                             temperature=0, stream=True, **extra)
+    async for chunk in stream:
+        if chunk.choices:
+            if not pieces:
+                log.append(("first", prompt))
+            pieces += 1
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+    log.append(("end", prompt))
+    return text, finish, pieces
+
+
+def _client(url: str) -> Any:
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_streams_run_together(batch_server: Server) -> None:
+    log: list[tuple[str, str]] = []
+
+    async def main() -> list[Any]:
+        async with _client(batch_server.url) as client:
+            return await asyncio.gather(*(_stream(client, p, 48, log) for p in PROMPTS))
+
+    results = asyncio.run(main())
+    assert all(finish == "length" and text for text, finish, _ in results)
+    firsts = [i for i, (what, _) in enumerate(log) if what == "first"]
+    ends = [i for i, (what, _) in enumerate(log) if what == "end"]
+    assert max(firsts) < min(ends), log  # all four were generating at once
+
+
+def test_one_at_a_time_it_answers_as_a_single_request_does(batch_root: Path) -> None:
+    """A fresh server: a slot that already holds a prompt computed in a batch of four keeps
+    that KV (prefix reuse), whose numerics differ slightly from a lone decode."""
+    from openai import OpenAI
+
+    parallel = Server(copy_store(batch_root, batch_root.parent / "fresh"), "--ctx", "512",
+                      "--parallel", "4")
+    batched = OpenAI(base_url=parallel.url + "/v1", api_key="x", max_retries=0)
+    single = Server(copy_store(batch_root, batch_root.parent / "single"), "--ctx", "512")
+    try:
+        alone = OpenAI(base_url=single.url + "/v1", api_key="x", max_retries=0)
+        for prompt in PROMPTS:
+            args: dict[str, Any] = {"model": GEMMA, "prompt": prompt, "max_tokens": 32,
+                                    "temperature": 0}
+            assert (batched.completions.create(**args).choices[0].text
+                    == alone.completions.create(**args).choices[0].text), prompt
+    finally:
+        single.stop()
+        parallel.stop()
+
+
+def test_a_late_request_starts_while_long_streams_run(batch_server: Server) -> None:
+    log: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        async with _client(batch_server.url) as client:
+            long = [asyncio.create_task(_stream(client, p, 200, log)) for p in PROMPTS[:3]]
+            while sum(what == "first" for what, _ in log) < 3:
+                await asyncio.sleep(0.01)  # (polling our own log, not waiting for time)
+            await _stream(client, "Late:", 8, log)
+            await asyncio.gather(*long)
+
+    asyncio.run(main())
+    late_first = log.index(("first", "Late:"))
+    assert all(log.index(("end", p)) > late_first for p in PROMPTS[:3]), log
+
+
+def test_cancelling_one_stream_leaves_the_others_whole(batch_server: Server) -> None:
+    log: list[tuple[str, str]] = []
+    mark = len(batch_server.lines)
+
+    async def cut(client: Any) -> None:
+        stream = await client.completions.create(model=GEMMA, prompt="Cut me", max_tokens=300,
+                                                 temperature=0, stream=True)
+        async for _ in stream:
+            break
+        await stream.close()  # the client goes away after one chunk
+
+    async def main() -> list[Any]:
+        async with _client(batch_server.url) as client:
+            kept = [_stream(client, p, 40, log) for p in PROMPTS[:2]]
+            out = await asyncio.gather(cut(client), *kept)
+            return list(out[1:])
+
+    for text, finish, pieces in asyncio.run(main()):
+        assert finish == "length" and text and pieces >= 1
+    assert batch_server.wait_for(r"cancelled \(client disconnected\)", after=mark)
+
+
+def test_a_grammar_beside_free_streams(batch_server: Server) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
+              "required": ["city"]}
+    log: list[tuple[str, str]] = []
+
+    async def constrained(client: Any) -> str:
+        reply = await client.chat.completions.create(
+            model=GEMMA, messages=[{"role": "user", "content": "Capital of France as JSON"}],
+            max_tokens=60, temperature=0, response_format={
+                "type": "json_schema", "json_schema": {"name": "c", "schema": schema}})
+        return str(reply.choices[0].message.content)
+
+    async def main() -> list[Any]:
+        async with _client(batch_server.url) as client:
+            return list(await asyncio.gather(constrained(client),
+                                             *(_stream(client, p, 32, log) for p in PROMPTS[:2])))
+
+    answer, *free = asyncio.run(main())
+    assert set(json.loads(answer)) == {"city"}
+    assert all(finish == "length" for _, finish, _ in free)
+
+
+def test_ps_counts_the_running_streams(batch_server: Server, batch_root: Path) -> None:
+    cli = Cli(make_env(batch_root), batch_root)
+    seen: list[int] = []
+    log: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        async with _client(batch_server.url) as client:
+            tasks = [asyncio.create_task(_stream(client, p, 150, log)) for p in PROMPTS[:3]]
+            while sum(what == "first" for what, _ in log) < 3:
+                await asyncio.sleep(0.01)
+            proc = await asyncio.to_thread(cli, "ps", "--endpoint", batch_server.url, "--json")
+            seen.extend(m["running"] for m in json.loads(proc.stdout))
+            await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert seen == [3]
