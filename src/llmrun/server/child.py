@@ -251,7 +251,6 @@ def main() -> None:
         replies.write(json.dumps({"event": rid, **payload}) + "\n")
         replies.flush()
 
-    state["emit"] = emit
     lines = _Lines(sys.stdin.fileno())
     while True:  # the server closes stdin to end us
         batch = state.get("batch")
