@@ -96,6 +96,71 @@ async def _streams(url: str, n: int, tokens: int) -> tuple[float, int]:
         return time.perf_counter() - start, sum(done)
 
 
+async def _latency(url: str) -> tuple[float, float, float]:
+    """(time to first token idle, the same while 3 streams run, the longest gap between two
+    chunks of a running stream while a 400-token prompt arrives)."""
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
+                           timeout=600) as client:
+        async def first_token(prompt: str) -> float:
+            start = time.perf_counter()
+            stream = await client.completions.create(model="bench", prompt=prompt,
+                                                     max_tokens=4, temperature=0, stream=True)
+            took = None
+            async for chunk in stream:
+                if took is None and chunk.choices and chunk.choices[0].text:
+                    took = time.perf_counter() - start
+            return took or 0.0
+
+        gaps: list[float] = []
+        started = asyncio.Event()
+
+        async def running(prompt: str) -> None:
+            stream = await client.completions.create(model="bench", prompt=prompt,
+                                                     max_tokens=150, temperature=0, stream=True)
+            last = None
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].text:
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+                    started.set()
+
+        idle = min([await first_token("Hello there") for _ in range(3)])
+        streams = [asyncio.create_task(running(p)) for p in PROMPTS[:3]]
+        await started.wait()
+        busy = await first_token("Hello there")
+        before = len(gaps)
+        await first_token(" ".join(["word"] * 400))  # a long prompt joins
+        await asyncio.gather(*streams)
+        return idle, busy, max(gaps[before:] or [0.0])
+
+
+def serve_latency(path: Path, ctx: int) -> tuple[float, float, float]:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "LLMRUN_HOME": home, "NO_COLOR": "1"}
+        subprocess.run([sys.executable, "-m", "llmrun", "import", str(path), "--name", "bench",
+                        "--link"], env=env, check=True, capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "llmrun", "serve", "--port", "0",
+                                 "--ctx", str(ctx), "--parallel", "4", "-m", "bench"],
+                                env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            url = ""
+            for line in proc.stderr:
+                found = re.search(r"listening on (http://\S+)", line)
+                if found:
+                    url = found.group(1)
+                if "loaded bench" in line:
+                    break
+            return asyncio.run(_latency(url))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
 def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int
                 ) -> dict[int, float]:
     with tempfile.TemporaryDirectory() as home:
@@ -148,6 +213,10 @@ def main() -> None:
         print(f"| {n} | {raw[n]:.1f} ({raw[n] / raw[1]:.2f}x) | "
               f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {served[n] / raw[n]:.2f} |")
     print(f"| 1, `serve` without --parallel | | {single:.1f} | {single / raw[1]:.2f} |")
+    idle, busy, gap = serve_latency(path, max(args.ctx, 1024))
+    print(f"\ntime to first token, --parallel 4: idle {idle * 1000:.0f} ms, while 3 streams "
+          f"run {busy * 1000:.0f} ms ({busy / idle:.2f}x); longest gap of a running stream "
+          f"while a 400-token prompt joined: {gap * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ async def _round(url: str) -> list[tuple[Any, ...]]:
         return await asyncio.gather(*(_one(client, i) for i in range(CLIENTS)))
 
 
-def _check_round(server: Server, expected: dict[str, tuple[str, str]]) -> tuple[int, int]:
+def _check_round(server: Server, expected: dict[str, tuple[str, str]],
+                 exact: bool = True) -> tuple[int, int]:
     """One round of CLIENTS concurrent requests, checked; returns (served, got 503)."""
     mark = len(server.lines)
     results = asyncio.run(_round(server.url))
@@ -95,7 +96,10 @@ def _check_round(server: Server, expected: dict[str, tuple[str, str]]) -> tuple[
     # one runs and QUEUE wait, however the arrivals interleave: at least that many are served
     assert len(done) >= QUEUE + 1, (len(done), len(busy))
     for _, prompt, text, finish in done:  # exactly the serial output, whole or streamed
-        assert (text, finish) == expected[prompt], prompt
+        if exact:
+            assert (text, finish) == expected[prompt], prompt
+        else:  # decoded beside others: batch-size numerics may change a greedy answer
+            assert text and finish in ("stop", "length"), prompt
     for _, retry_after, code, seconds in busy:
         assert code == "server_busy" and retry_after is not None and int(retry_after) >= 1
         assert seconds < 10, f"a 503 took {seconds:.1f}s"
@@ -106,11 +110,15 @@ def _check_round(server: Server, expected: dict[str, tuple[str, str]]) -> tuple[
     return len(done), len(busy)
 
 
-def test_fifty_concurrent_requests_three_rounds(pulled_root: Path) -> None:
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_fifty_concurrent_requests_three_rounds(pulled_root: Path, parallel: int) -> None:
     """T30: rounds of 50 concurrent chat requests, half streamed, greedy with a fixed seed.
-    Each request gets exactly its serial output or a fast 503 + Retry-After; the model
-    process survives every round; and memory does not grow from round to round."""
-    server = Server(pulled_root, "--ctx", "512", "--queue", str(QUEUE))
+    Each request gets exactly its serial output (with --parallel: a whole answer) or a fast
+    503 + Retry-After; the model process survives every round; and memory does not grow from
+    round to round."""
+    server = Server(pulled_root, "--ctx", "512", "--queue", str(QUEUE), "--parallel",
+                    str(parallel))
+    exact = parallel == 1
     try:
         client = server.client()
         expected = {}
@@ -129,7 +137,7 @@ def test_fifty_concurrent_requests_three_rounds(pulled_root: Path) -> None:
         # no measured round may exceed the highest warm-up round by the bound.
         warm = [_tree_rss(server.proc.pid)]
         for _ in range(WARMUP):
-            served, busy = _check_round(server, expected)
+            served, busy = _check_round(server, expected, exact)
             warm.append(_tree_rss(server.proc.pid))
             print(f"warm-up: {served} served, {busy} got 503, server tree RSS "
                   f"{warm[-1] / 2**20:.1f} MiB")
@@ -140,7 +148,7 @@ def test_fifty_concurrent_requests_three_rounds(pulled_root: Path) -> None:
                                  f"{[f'{x / 2**20:.1f}' for x in warm]} MiB")
         rss = []
         for n in range(ROUNDS):
-            served, busy = _check_round(server, expected)
+            served, busy = _check_round(server, expected, exact)
             assert _model_pids(server) == [model_pid], "the model process was replaced"
             rss.append(_tree_rss(server.proc.pid))
             print(f"round {n + 1}: {served} served, {busy} got 503, server tree RSS "

@@ -70,3 +70,11 @@ class InUse(LlmrunError):
 
 class RegistryError(LlmrunError):
     exit_code = ExitCode.ERROR
+
+
+def context_overflow(n_prompt: int, n_ctx: int, trained: int | None) -> ContextOverflow:
+    """The error for a prompt of ``n_prompt`` tokens that does not fit ``n_ctx``."""
+    return ContextOverflow(
+        f"prompt is {n_prompt} tokens, context is {n_ctx}",
+        hint="shorten the input or raise --ctx"
+             + (f" (this model was trained on {trained})" if trained else ""))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .model import Model
 
 Emit = Callable[[str, dict[str, Any]], None]  # (request id, {"piece": ..} or {"done": ..})
+PREFILL_CHUNK = 64  # prompt tokens per step while other requests stream
 
 
 @dataclass
@@ -142,10 +143,13 @@ class BatchEngine:
                 sample_at.append((s, n))
                 n += 1
         readers = [s for s in self.seqs if s.rid is not None and s.pending]
-        while readers and n < self.n_batch:  # then prompts, in turns, up to the batch size
-            share = max(1, (self.n_batch - n) // len(readers))
+        # then prompts, in turns: up to the batch size when nothing streams, else a chunk per
+        # step, so that a long prompt delays each running stream by one chunk's time at most
+        budget = self.n_batch if n == 0 else min(self.n_batch, n + PREFILL_CHUNK)
+        while readers and n < budget:
+            share = max(1, (budget - n) // len(readers))
             for s in list(readers):
-                take = s.pending[:min(share, self.n_batch - n)]
+                take = s.pending[:min(share, budget - n)]
                 for i, token in enumerate(take):
                     last = i == len(take) - 1 and len(take) == len(s.pending)
                     self._put(n, token, len(s.cached), s.seq, last)
@@ -156,7 +160,7 @@ class BatchEngine:
                 s.pending = s.pending[len(take):]
                 if not s.pending:
                     readers.remove(s)
-                if n >= self.n_batch:
+                if n >= budget:
                     break
         if n == 0:
             return

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import gguf_file, inuse, native_check, prompt_pieces, templates
 from ..datatypes import LoadOptions, Result, Sampling
-from ..errors import ContextOverflow, ModelError, UsageError
+from ..errors import ModelError, UsageError, context_overflow
 from ..gguf_info import GGUFInfo
 from .native import (
     _fixed_mmap_threshold,
@@ -314,11 +314,7 @@ class Model:
 
     def check_fits(self, n_prompt: int) -> None:
         if n_prompt >= self.n_ctx:
-            raise ContextOverflow(
-                f"prompt is {n_prompt} tokens, context is {self.n_ctx}",
-                hint="shorten the input or raise --ctx"
-                     + (f" (this model was trained on {self.info.context_length})"
-                        if self.info.context_length else ""))
+            raise context_overflow(n_prompt, self.n_ctx, self.info.context_length)
 
     # ---- generation ------------------------------------------------------------------
     def generate(self, tokens: list[int], sampling: Sampling, result: Result | None = None,
