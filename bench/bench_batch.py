@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-
 
 PROMPTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,", "Roses are red,",
            "In the beginning", "The best way to learn", "My favourite food is", "Dear diary,"]
@@ -138,31 +139,9 @@ async def _latency(url: str) -> tuple[float, float, float]:
         return idle, busy, max(gaps[before:] or [0.0])
 
 
-def serve_latency(path: Path, ctx: int) -> tuple[float, float, float]:
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "LLMRUN_HOME": home, "NO_COLOR": "1"}
-        subprocess.run([sys.executable, "-m", "llmrun", "import", str(path), "--name", "bench",
-                        "--link"], env=env, check=True, capture_output=True)
-        proc = subprocess.Popen([sys.executable, "-m", "llmrun", "serve", "--port", "0",
-                                 "--ctx", str(ctx), "--parallel", "4", "-m", "bench"],
-                                env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            assert proc.stderr is not None
-            url = ""
-            for line in proc.stderr:
-                found = re.search(r"listening on (http://\S+)", line)
-                if found:
-                    url = found.group(1)
-                if "loaded bench" in line:
-                    break
-            return asyncio.run(_latency(url))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-
-
-def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int
-                ) -> dict[int, float]:
+@contextlib.contextmanager
+def _served(path: Path, ctx: int, parallel: int) -> Iterator[str]:
+    """`llmrun serve` with the model imported as `bench`, loaded: its URL."""
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "LLMRUN_HOME": home, "NO_COLOR": "1"}
         subprocess.run([sys.executable, "-m", "llmrun", "import", str(path), "--name", "bench",
@@ -179,15 +158,26 @@ def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: 
                     url = found.group(1)
                 if "loaded bench" in line:
                     break
-            asyncio.run(_streams(url, 1, 8))  # warm up
-            rates = {}
-            for n in counts:
-                took, made = asyncio.run(_streams(url, n, tokens))
-                rates[n] = made / took
-            return rates
+            yield url
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+
+
+def serve_latency(path: Path, ctx: int) -> tuple[float, float, float]:
+    with _served(path, ctx, 4) as url:
+        return asyncio.run(_latency(url))
+
+
+def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int
+                ) -> dict[int, float]:
+    with _served(path, ctx, parallel) as url:
+        asyncio.run(_streams(url, 1, 8))  # warm up
+        rates = {}
+        for n in counts:
+            took, made = asyncio.run(_streams(url, n, tokens))
+            rates[n] = made / took
+        return rates
 
 
 def main() -> None:

@@ -526,7 +526,7 @@ class FakeLoader:
 
 
 def _prepare(n: int) -> Any:
-    from llmrun.session import text_deltas
+    from llmrun.formats import text_deltas
 
     return lambda engine, result: text_deltas(
         engine.generate([1, 2, 3], Sampling(max_tokens=n), result))

@@ -24,7 +24,7 @@ from typing import Any
 from .datatypes import Result, Sampling
 from .engine import PREFILL_PIECE, Model
 from .errors import ContextOverflow, UsageError
-from .formats import Delta, ReplyFormat
+from .formats import Delta, ReplyFormat, text_deltas
 from .formats.detect import opens_reasoning
 from .formats.messages import for_template
 from .readahead import ReadAhead
@@ -51,18 +51,6 @@ class Turn:
         for delta in self.deltas:
             if delta.content:
                 yield delta.content
-
-
-def text_deltas(pieces: Iterator[str]) -> Iterator[Delta]:
-    """Plain text pieces (no template, so no trace or tool calls) as Deltas; closing this
-    closes the generation at once."""
-    try:
-        for piece in pieces:
-            yield Delta(content=piece)
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
 
 
 @dataclass

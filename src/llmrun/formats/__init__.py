@@ -13,6 +13,7 @@ Nothing here imports llama_cpp.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,3 +57,15 @@ class Reply:
     reasoning: str = ""
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+def text_deltas(pieces: Iterator[str]) -> Iterator[Delta]:
+    """Plain text pieces (no template, so no trace or tool calls) as Deltas; closing this
+    closes the generation at once."""
+    try:
+        for piece in pieces:
+            yield Delta(content=piece)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from ..datatypes import Result
 from ..errors import ContextOverflow, LlmrunError, NotFound, UsageError
-from ..formats import Delta
+from ..formats import Delta, text_deltas
 from ..reply import ReplyStream, plan_chat
 from . import http, schemas, security
 from .http import to_api_error
@@ -67,17 +67,6 @@ _SHUTTING_DOWN = ApiError(503, "the server is shutting down", type="server_error
 def _record(state: Any, result: Result) -> None:
     state.prompt_tokens = result.prompt_tokens
     state.completion_tokens = result.completion_tokens
-
-
-def _as_deltas(pieces: Iterator[str]) -> Iterator[Delta]:
-    """A text completion's pieces as Deltas; closing this closes the generation at once."""
-    try:
-        for piece in pieces:
-            yield Delta(content=piece)
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
 
 
 def _check_limit(engine: Engine, limit: int | None) -> None:
@@ -239,7 +228,7 @@ class Api:
             except ContextOverflow as exc:
                 raise ApiError(400, exc.message, param="prompt",
                                code="context_length_exceeded") from None
-            return _as_deltas(engine.generate(tokens, sampling, result))
+            return text_deltas(engine.generate(tokens, sampling, result))
 
         return await self.generate(request, spec, prepare, "text", req)
 
