@@ -200,3 +200,10 @@ def test_json_after_trace_grammars_build(trace: str) -> None:
     text = json_after_trace("answer", trace)
     assert text.startswith("root ::= ") and "answer" in text.splitlines()[0]
     assert ("<|channel|>final<|message|>" in text) is trace.startswith("harmony")
+
+
+def test_a_limit_spent_by_the_trace_starts_no_new_phase() -> None:
+    engine = Scripted(["<think>", "a", "b"], ["never"])
+    _, result = _run(engine, ReplySpec(fmt=QWEN, budget=2), max_tokens=3)
+    assert len(engine.calls) == 1 and result.finish_reason == "length"
+    assert result.reasoning == "ab" and result.text == ""

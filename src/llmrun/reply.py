@@ -136,7 +136,10 @@ class ReplyStream:
         while True:
             left: int | None = limit
             if limit is not None and limit > 0:  # the reply's limit, over all its phases
-                left = max(1, limit - total.completion_tokens)
+                left = limit - total.completion_tokens
+                if left <= 0:  # spent before a new phase could start
+                    total.finish_reason = "length"
+                    break
             sampling = replace(self.sampling, max_tokens=left,
                                tool_grammar=grammar.as_dict() if grammar else None,
                                json_trace=self._json_trace() if first else None)
