@@ -55,6 +55,7 @@ class Result:
     prompt_s: float = 0.0
     gen_s: float = 0.0
     prompt_evaluated: int = 0  # tokens actually evaluated (fewer when the KV prefix is reused)
+    prompt_from_disk: int = 0  # prompt tokens whose state came from the on-disk prefix cache
     usage_known: bool = True  # False: a remote server did not say (client mode)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,7 +73,8 @@ class Result:
                       else None},
             "timings": {"load_s": round(self.load_s, 4), "prompt_s": round(self.prompt_s, 4),
                         "generation_s": round(self.gen_s, 4),
-                        "prompt_tokens_evaluated": self.prompt_evaluated},
+                        "prompt_tokens_evaluated": self.prompt_evaluated,
+                        "prompt_tokens_from_cache": self.prompt_from_disk},
         }
 
 

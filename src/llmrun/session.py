@@ -27,6 +27,7 @@ from .errors import ContextOverflow, UsageError
 from .formats import Delta, ReplyFormat, text_deltas
 from .formats.detect import opens_reasoning
 from .formats.messages import for_template
+from .prefix_cache import PrefixCache, common_prefix
 from .readahead import ReadAhead
 from .reply import ReplySpec, ReplyStream, Think, reply_format, thinking_variables
 
@@ -65,6 +66,11 @@ class Session:
     think: Think = None  # thinking on/off or an effort level; None: the model's default
     budget: int | None = None  # at most this many tokens of reasoning trace
     reasoning: str | None = None  # the registry's reasoning format, over the template's
+    prefix_cache: PrefixCache | None = None  # prompt prefixes kept on disk across runs
+    model_sha: str = ""  # the model file's sha256 (the prefix cache's key)
+    _last_prompt: list[int] = field(default_factory=list, init=False, repr=False)
+    _head: int = field(default=0, init=False, repr=False)  # the last prompt's reusable head
+    _restored: int = field(default=0, init=False, repr=False)  # tokens the last prompt loaded
     _ahead: ReadAhead | None = field(default=None, init=False, repr=False)
     _fmt: tuple[ReplyFormat, dict[str, Any]] | None = field(default=None, init=False,
                                                             repr=False)
@@ -198,7 +204,12 @@ class Session:
         result = self.last = Result()
         if self.raw:
             tokens = self.model.tokenize(text, templated=False)
-            return Turn(text_deltas(self.model.generate(tokens, self.sampling, result)), result)
+            head, sep, _ = text.rpartition("\n\n")  # a script's fixed text, then its input
+            cut = common_prefix(self.model.tokenize(head + sep, templated=False) if sep else [],
+                                tokens)
+            ahead = self._head_first(tokens, cut, result)
+            pieces = text_deltas(self.model.generate(tokens, self.sampling, result))
+            return Turn(_booked(pieces, result, ahead), result)
         fmt, _ = self.reply_format()
         self.messages.append({"role": "user", "content": text})
         try:
@@ -208,12 +219,15 @@ class Session:
             self.messages.pop()
             raise
         prompt = self._render(self._all_messages())
+        ahead = self._head_first(tokens, common_prefix(self._opening(self._all_messages()[:-1]),
+                                                       tokens), result)
         sampling = Sampling(**{**self.sampling.__dict__,
                                "stop": self.sampling.stop + self.model.chat_stops()})
         spec = ReplySpec(fmt=fmt, in_reasoning=opens_reasoning(prompt, fmt),
                          thinking=self.think is not False, budget=self.budget)
         stream = ReplyStream(self.model, prompt, tokens, sampling, spec, result)
-        return Turn(self._record(iter(stream), result), result, dropped)
+        return Turn(_booked(self._record(iter(stream), result), result, ahead), result,
+                    dropped)
 
     def _record(self, deltas: Iterator[Delta], result: Result) -> Iterator[Delta]:
         try:
@@ -221,6 +235,92 @@ class Session:
         finally:  # a reply stopped by Ctrl-C is kept as far as it got; its trace is not
             # kept (templates drop past traces; a trace is never fed back as the answer)
             self.messages.append({"role": "assistant", "content": result.text.strip()})
+
+    # ---- the on-disk prefix cache (prefix_cache.py) -------------------------------------
+    def _cache_key(self) -> str:
+        from .prefix_cache import cache_key
+
+        return cache_key({"model": self.model_sha, **self.model.cache_fields()})
+
+    def _head_first(self, tokens: list[int], head: int, result: Result) -> tuple[int, float]:
+        """The prompt's reusable head (``head`` tokens: the system prompt and the template
+        before the user's message; with --raw, the text up to its last paragraph break) is
+        loaded from the on-disk prefix cache when it is there, else evaluated on its own before
+        the rest. Either way the rest is evaluated in the same decodes, so a cached run gives
+        exactly the tokens an uncached one gives (llama.cpp's numbers depend slightly on how a
+        prompt is split into decodes). Returns (tokens evaluated here, seconds) for the
+        turn's numbers."""
+        from .prefix_cache import MIN_TOKENS
+
+        self._last_prompt, self._head, self._restored = list(tokens), 0, 0
+        if head < MIN_TOKENS or head >= len(tokens):
+            return 0, 0.0
+        self._head = head
+        held = common_prefix(list(self.model.llama.input_ids[: self.model.llama.n_tokens]),
+                             tokens)
+        if self.prefix_cache is not None and self.model_sha and held < head:
+            hit = self.prefix_cache.lookup(self._cache_key(), tokens[:head])
+            if hit is not None and hit.usable >= head:
+                if self.model.load_prefix_state(hit.tokens, hit.payload, head):
+                    result.prompt_from_disk = self._restored = head
+                    return 0, 0.0
+                hit.path.unlink(missing_ok=True)  # llama.cpp refused it: never again
+        import time
+
+        start = time.perf_counter()
+        done = self.model.prefill(tokens[:head])
+        took = time.perf_counter() - start if done else 0.0
+        if done:
+            self._keep(tokens[:head])  # now, before anything moves a sliding window on
+        return done, took
+
+    def _keep(self, head: list[int]) -> None:
+        """The state of ``head`` (all the model's cache holds now): written to the prefix
+        cache, and with a sliding-window model also loaded back, cache or not. A loaded
+        sliding-window cache holds only the window's cells, laid out anew, and llama.cpp's
+        threads then add up attention in another order: continuing from the loaded state in
+        every run keeps cached and uncached runs token for token the same. Never fails the
+        answer."""
+        from .prefix_cache import MIN_TOKENS
+
+        llama = self.model.llama
+        writing = self.prefix_cache is not None and bool(self.model_sha)
+        if len(head) < MIN_TOKENS or not (writing or self.model.has_swa) or (
+                llama.n_tokens != len(head)
+                or list(llama.input_ids[: llama.n_tokens]) != head):
+            return
+        payload = self.model.prefix_state(len(head))
+        if payload is None:
+            return
+        if self.model.has_swa and not self.model.load_prefix_state(head, payload, len(head)):
+            self.model.prefill(head)  # (refused: evaluated again, as without a cache)
+        if not writing or self.prefix_cache is None:
+            return
+        try:
+            key = self._cache_key()
+            if not self.prefix_cache.covered(key, head):
+                self.prefix_cache.store(key, head, payload)
+        except OSError as exc:  # a full disk or a read-only home: the cache is an extra
+            import logging
+
+            logging.getLogger("llmrun").debug("prefix cache not written: %s", exc)
+
+    def remember_prefix(self) -> None:
+        """At the end of a conversation (chat): keep the conversation so far, up to the
+        opening of the next user turn, for `chat --continue`. (A prompt's head is kept as soon
+        as it is evaluated, in _head_first.)"""
+        if self.prefix_cache is None or not self.model_sha or not self.trim or self.raw or (
+                not self.messages):
+            return
+        self.settle()
+        head = self._opening()
+        llama = self.model.llama
+        if common_prefix(list(llama.input_ids[: llama.n_tokens]), head) < llama.n_tokens and (
+                not self.model.can_keep(common_prefix(
+                    list(llama.input_ids[: llama.n_tokens]), head))):
+            return  # a sliding window moved past what the next turn would keep
+        self.model.prefill(head)
+        self._keep(head)
 
     def clear(self) -> None:
         self.settle()
@@ -248,3 +348,14 @@ def load_transcript(path: Path, system: str | None) -> tuple[str | None, list[Me
         raise UsageError(f"{path} is not an llmrun transcript")
     return (data.get("system") or system,
             [{"role": m["role"], "content": m["content"]} for m in messages])
+
+
+def _booked(deltas: Iterator[Delta], result: Result, ahead: tuple[int, float]
+            ) -> Iterator[Delta]:
+    """The turn's deltas; at the end, the head evaluated before the rest counts in the
+    prompt's numbers too."""
+    try:
+        yield from deltas
+    finally:
+        result.prompt_evaluated += ahead[0]
+        result.prompt_s += ahead[1]

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
                           "together")
     api_key: str | None = Field(None, repr=False)
     endpoint: str | None = None
+    prefix_cache: str = Field("2G", pattern=r"^(?i:0|off|\d+(\.\d+)?\s*[kmgt]?i?b?)$",
+                              description="room for prompt prefixes kept on disk across "
+                              "runs (0 or off: none)")
     stall_timeout: float = Field(30.0, gt=0, description="seconds without bytes before retrying")
     retries: int = Field(5, ge=0, description="download retries per file")
     retry_backoff: float = Field(1.0, ge=0, description="first retry delay (s), doubling")
@@ -48,6 +51,19 @@ class Settings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.home / "state"
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        """LLMRUN_PREFIX_CACHE as bytes (0: off)."""
+        import re
+
+        text = self.prefix_cache.strip().lower()
+        if text in ("0", "off"):
+            return 0
+        found = re.match(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)", text)
+        assert found is not None  # the field's pattern
+        scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[found.group(2)]
+        return int(float(found.group(1)) * scale)
 
     @property
     def user_registry(self) -> Path:

@@ -32,6 +32,7 @@ def chat_cmd(
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
     think: gen.Think = None, no_think: gen.NoThink = False,
     show_thinking: gen.ShowThinking = None, think_budget: gen.ThinkBudget = None,
+    no_cache: gen.NoCache = False,
 ) -> None:
     """Chat with a model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D exits. A
     reasoning model's trace is shown dimmed on stderr (/thinking hide|show) and never
@@ -41,7 +42,7 @@ def chat_cmd(
                       stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, raw=False,
                       fmt=None, schema=None, verbose=verbose, no_pull=no_pull,
                       endpoint=endpoint, api_key=api_key, think=think, no_think=no_think,
-                      show_thinking=show_thinking, think_budget=think_budget)
+                      show_thinking=show_thinking, think_budget=think_budget, no_cache=no_cache)
     session = gen.open_session(model, flags, system=system, trim=True)
     local = getattr(session, "model", None)
     if local is not None:
@@ -68,6 +69,9 @@ def chat_cmd(
             _scripted(session, last, verbose, view)
     finally:
         session.abort()  # never tear the model down under a running read-ahead
+        remember = getattr(session, "remember_prefix", None)
+        if remember is not None:  # the conversation's state, for `chat --continue`
+            remember()
 
 
 def _reply(session: Session, text: str, markdown: bool, verbose: bool,

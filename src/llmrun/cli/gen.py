@@ -53,6 +53,9 @@ NoThink = Annotated[bool, typer.Option("--no-think", help="the same as --think o
 ShowThinking = Annotated[bool | None, typer.Option(
     "--show-thinking/--hide-thinking", help="the reasoning trace on stderr (never on stdout); "
     "default: shown, dimmed, when stderr is a terminal")]
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="neither use nor keep prompt prefixes on disk (LLMRUN_PREFIX_CACHE=0 "
+    "for good)")]
 ThinkBudget = Annotated[int | None, typer.Option(
     "--think-budget", min=0, help="at most N tokens of reasoning, then the model must answer")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="timings on stderr")]
@@ -89,6 +92,7 @@ class Flags:
     no_think: bool = False
     show_thinking: bool | None = None
     think_budget: int | None = None
+    no_cache: bool = False
 
 
 _THINK: dict[str, Think_] = {
@@ -200,6 +204,8 @@ def open_session(model: str, f: Flags, *, system: str | None,
                           f"{BASE_MODEL_LIMIT} tokens per answer (-n N to change)")
     session = Session(loaded, sampling, system=system, raw=f.raw, trim=trim, think=think,
                       budget=f.think_budget, reasoning=entry.reasoning if entry else None)
+    if not f.no_cache:
+        _attach_prefix_cache(session, path, name)
     if not f.raw and (think is not None or f.think_budget is not None):
         try:
             session.reply_format()  # a --think the model cannot do fails before any prompt
@@ -207,6 +213,27 @@ def open_session(model: str, f: Flags, *, system: str | None,
             loaded.close()
             raise
     return session
+
+
+def _attach_prefix_cache(session: Session, path: Path, name: str) -> None:
+    """The on-disk prefix cache (prefix_cache.py), keyed by the model file's sha256: the one
+    recorded at pull when there is one, else computed once per version of the file."""
+    from ..prefix_cache import PrefixCache, file_sha256
+
+    s = common.settings()
+    limit = s.prefix_cache_bytes
+    if limit <= 0:
+        return
+    manifest = common.store().get(name)
+    shas = [f.sha256 for f in manifest.files] if manifest is not None else []
+    if shas and all(len(x) == 64 and x != "0" * 64 for x in shas):
+        session.model_sha = ":".join(shas)
+    else:
+        try:
+            session.model_sha = file_sha256(path, s.state_dir / "file-sha256.json")
+        except OSError:
+            return
+    session.prefix_cache = PrefixCache(s.home / "cache" / "prefix", limit)
 
 
 def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
@@ -335,7 +362,9 @@ def print_timings(r: Result) -> None:
         f"prompt eval count:    {prompt}\n"
         f"prompt eval duration: {r.prompt_s:.3f}s\n"
         f"prompt eval rate:     {rate(r.prompt_evaluated, r.prompt_s)}\n"
-        f"eval count:           "
+        + (f"prompt from cache:    {r.prompt_from_disk} token(s) (on disk, from an "
+           "earlier run)\n" if r.prompt_from_disk else "")
+        + f"eval count:           "
         f"{f'{r.completion_tokens} token(s)' if r.usage_known else 'unknown'}\n"
         f"eval duration:        {r.gen_s:.3f}s\n"
         f"eval rate:            {rate(r.completion_tokens, r.gen_s)}")

@@ -39,6 +39,7 @@ def run_cmd(
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
     think: gen.Think = None, no_think: gen.NoThink = False,
     show_thinking: gen.ShowThinking = None, think_budget: gen.ThinkBudget = None,
+    no_cache: gen.NoCache = False,
 ) -> None:
     """Answer one prompt (argument and/or piped stdin) on stdout, streamed. A reasoning
     model's trace never goes to stdout: it is on stderr (--show-thinking) and in --json."""
@@ -59,7 +60,7 @@ def run_cmd(
                       stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, raw=raw,
                       fmt=fmt, schema=schema, verbose=verbose, no_pull=no_pull,
                       endpoint=endpoint, api_key=api_key, think=think, no_think=no_think,
-                      show_thinking=show_thinking, think_budget=think_budget)
+                      show_thinking=show_thinking, think_budget=think_budget, no_cache=no_cache)
     session = gen.open_session(model, flags, system=system)
     for i, p in enumerate(prompts):
         trace = gen.TraceSink(show_thinking if as_json is False or show_thinking else False)
@@ -73,3 +74,6 @@ def run_cmd(
         output.write("", flush=True)
         if verbose:
             gen.print_timings(result)
+        remember = getattr(session, "remember_prefix", None)
+        if remember is not None:  # a local model: keep the prompt's reusable prefix on disk
+            remember()

@@ -105,7 +105,8 @@ class BatchEngine:
         seq = max(free, key=lambda s: (_common(s.cached, tokens), -s.seq))
         common = min(_common(seq.cached, tokens), len(tokens) - 1)  # the last is evaluated
         memory = llama_cpp.llama_get_memory(self.ctx)
-        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq, common, -1):
+        if not self.model.can_keep(common, self.ctx, seq.seq) or (
+                not llama_cpp.llama_memory_seq_rm(memory, seq.seq, common, -1)):
             llama_cpp.llama_memory_seq_rm(memory, seq.seq, -1, -1)
             common = 0
         seq.cached = tokens[:common]

@@ -237,6 +237,28 @@ class Model:
             log.debug("chat prompts tokenized whole: %s", exc)
 
     @property
+    def has_swa(self) -> bool:
+        """Whether some layers attend through a sliding window (Gemma 2 and 3, gpt-oss)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_model_n_swa(self.llama.model)) > 0
+
+    def can_keep(self, keep: int, ctx: Any = None, seq: int = 0) -> bool:
+        """Whether the cache can be cut back to its first ``keep`` tokens and go on from
+        there. A sliding-window cache (Gemma 2 and 3, gpt-oss, ...) has dropped what fell out
+        of its window: cut back past that, it would attend to cells that are gone and write
+        wrong text, not just slightly different numbers. llama-server's rule: the oldest
+        position still held must be within the window of the kept end."""
+        import llama_cpp
+
+        n_swa = int(llama_cpp.llama_model_n_swa(self.llama.model))
+        if n_swa <= 0:
+            return True
+        memory = llama_cpp.llama_get_memory(ctx if ctx is not None else self.llama.ctx)
+        oldest = int(llama_cpp.llama_memory_seq_pos_min(memory, seq))
+        return oldest < 0 or oldest <= max(0, keep - n_swa)
+
+    @property
     def can_roll_back(self) -> bool:
         """Whether the cache can drop its tail and keep a prefix. Attention KV caches can;
         recurrent and hybrid models (Mamba, RWKV, Jamba, ...) cannot: llama-cpp-python then
@@ -270,8 +292,9 @@ class Model:
             return 0
         if common < llama.n_tokens:  # drop the tail that does not match, or do nothing
             memory = llama_cpp.llama_get_memory(llama.ctx)
-            if not self.can_roll_back or not llama_cpp.llama_memory_seq_rm(memory, -1, common,
-                                                                            -1):
+            if not self.can_roll_back or not self.can_keep(common):
+                return 0
+            if not llama_cpp.llama_memory_seq_rm(memory, -1, common, -1):
                 return 0
             llama.n_tokens = common
         step = piece or llama.n_batch
@@ -283,6 +306,69 @@ class Model:
         # counters, which generate() resets: they count only what the prompt itself costs
         llama_cpp.llama_synchronize(llama.ctx)
         return int(llama.n_tokens) - common
+
+    def cache_fields(self) -> dict[str, Any]:
+        """What the KV state of a prompt depends on besides the model file: for the on-disk
+        prefix cache's key (prefix_cache.cache_key)."""
+        llama = self.llama
+        return {"n_ctx": self.n_ctx, "gpu_layers": self.gpu_layers,
+                "flash_attn": int(llama.context_params.flash_attn_type),
+                "type_k": int(llama.context_params.type_k),
+                "type_v": int(llama.context_params.type_v),
+                "extra_bufts": self.native.config.extra_bufts,
+                "build": native_check.fingerprint()}
+
+    def prefix_state(self, n: int) -> bytes | None:
+        """llama.cpp's state of the first ``n`` cached tokens (for the on-disk prefix cache,
+        prefix_cache.py); the cache is cut to them. None when it does not hold them or cannot
+        be cut (recurrent models)."""
+        import ctypes
+
+        import llama_cpp
+
+        llama = self.llama
+        if not 0 < n <= llama.n_tokens or not self.can_roll_back:
+            return None
+        if n < llama.n_tokens:
+            if not self.can_keep(n) or not llama_cpp.llama_memory_seq_rm(
+                    llama_cpp.llama_get_memory(llama.ctx), 0, n, -1):
+                return None
+            llama.n_tokens = n
+            llama._requires_eval = True  # the logits are those of a later token
+        size = llama_cpp.llama_state_seq_get_size(llama.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        got = llama_cpp.llama_state_seq_get_data(llama.ctx, buf, size, 0)
+        return bytes(buf)[:got] if got else None
+
+    def load_prefix_state(self, tokens: list[int], payload: bytes, keep: int) -> bool:
+        """Put a saved prefix (``tokens`` and their state) in the cache and keep its first
+        ``keep`` tokens; the next generate() evaluates only what follows. False, with the
+        cache empty, when llama.cpp refuses the state."""
+        import ctypes
+
+        import llama_cpp
+
+        llama = self.llama
+        self.clear_cache()
+        if not tokens or keep <= 0 or len(tokens) >= self.n_ctx:
+            return False
+        buf = (ctypes.c_uint8 * len(payload)).from_buffer_copy(payload)
+        if llama_cpp.llama_state_seq_set_data(llama.ctx, buf, len(payload), 0) == 0:
+            self.clear_cache()
+            return False
+        memory = llama_cpp.llama_get_memory(llama.ctx)
+        if llama_cpp.llama_memory_seq_pos_max(memory, 0) != len(tokens) - 1:
+            self.clear_cache()  # not the state of these tokens
+            return False
+        keep = min(keep, len(tokens))
+        if keep < len(tokens) and not (self.can_keep(keep) and llama_cpp.llama_memory_seq_rm(
+                memory, 0, keep, -1)):
+            self.clear_cache()
+            return False
+        llama.input_ids[:keep] = tokens[:keep]
+        llama.n_tokens = keep
+        llama._requires_eval = True
+        return True
 
     def clear_cache(self) -> None:
         """Empty the KV cache (the next prompt is evaluated from its first token)."""
@@ -334,6 +420,18 @@ class Model:
             max_tokens = self.n_ctx - len(tokens)
         cached_whole = self._cached_whole(tokens)
         llama = self.llama
+        if not cached_whole and llama.n_tokens:
+            # llama-cpp-python reuses the longest cached prefix (minus one token when the
+            # whole prompt is cached): not past what a sliding window has dropped
+            held = llama.input_ids[: llama.n_tokens]
+            common = 0
+            for a, b in zip(held, tokens, strict=False):
+                if a != b:
+                    break
+                common += 1
+            keep = min(common, len(tokens) - 1)
+            if keep < llama.n_tokens and not self.can_keep(keep):
+                self.clear_cache()
         if sampling.seed is not None:
             llama.set_seed(sampling.seed)
         else:  # as create_completion does: the next seed of the model's own sequence
