@@ -71,7 +71,8 @@ class PrefixCache:
                 _unlink(path)
                 continue
             shared = common_prefix(header["tokens"], tokens)
-            if shared >= MIN_TOKENS and (best is None or shared > best[0]):
+            if shared >= MIN_TOKENS and (best is None or (shared, -len(header["tokens"])) > (
+                    best[0], -len(best[2]))):  # on a tie, the entry with nothing to cut
                 best = (shared, path, header["tokens"])
         if best is None:
             return None

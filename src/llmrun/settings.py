@@ -53,19 +53,6 @@ class Settings(BaseSettings):
         return self.home / "state"
 
     @property
-    def prefix_cache_bytes(self) -> int:
-        """LLMRUN_PREFIX_CACHE as bytes (0: off)."""
-        import re
-
-        text = self.prefix_cache.strip().lower()
-        if text in ("0", "off"):
-            return 0
-        found = re.match(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)", text)
-        assert found is not None  # the field's pattern
-        scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[found.group(2)]
-        return int(float(found.group(1)) * scale)
-
-    @property
     def user_registry(self) -> Path:
         return self.home / "models.yaml"
 
@@ -105,3 +92,17 @@ def remote(settings: Settings, endpoint: str | None = None, api_key: str | None 
     if not key and (source == "OPENAI_BASE_URL" or parts.hostname == OPENAI_HOST):
         key = environ.get("OPENAI_API_KEY") or None
     return Remote(url, key, source)
+
+
+def size_bytes(text: str) -> int:
+    """A size as LLMRUN_PREFIX_CACHE takes it ("2G", "512M", "1.5GiB", "0", "off") in bytes."""
+    import re
+
+    text = text.strip().lower()
+    if text in ("0", "off"):
+        return 0
+    found = re.match(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)", text)
+    if found is None:
+        raise UsageError(f"not a size: {text!r}", hint="for example 2G, 512M or 0")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[found.group(2)]
+    return int(float(found.group(1)) * scale)

@@ -13,6 +13,7 @@ from ..errors import LlmrunError
 from ..exit_codes import ExitCode
 from . import output
 from .bench import bench_cmd
+from .cache import cache_app
 from .catalog import catalog_cmd
 from .chat import chat_cmd
 from .doctor import doctor_cmd
@@ -69,6 +70,7 @@ app.command("prune")(prune_cmd)
 app.command("serve")(serve_cmd)
 app.command("ps")(ps_cmd)
 app.command("stop")(stop_cmd)
+app.add_typer(cache_app, name="cache")
 app.command("doctor")(doctor_cmd)
 app.command("bench")(bench_cmd)
 

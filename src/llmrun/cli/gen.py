@@ -219,9 +219,10 @@ def _attach_prefix_cache(session: Session, path: Path, name: str) -> None:
     """The on-disk prefix cache (prefix_cache.py), keyed by the model file's sha256: the one
     recorded at pull when there is one, else computed once per version of the file."""
     from ..prefix_cache import PrefixCache, file_sha256
+    from ..settings import size_bytes
 
     s = common.settings()
-    limit = s.prefix_cache_bytes
+    limit = size_bytes(s.prefix_cache)  # (a bad LLMRUN_PREFIX_CACHE stops here, exit 2)
     if limit <= 0:
         return
     manifest = common.store().get(name)
