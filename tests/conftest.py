@@ -63,7 +63,8 @@ class Cli:
 
 MODEL_FIXTURES = {"gemma_file", "pulled_root", "gemma_cli", "private_gemma_cli", "served_root",
                   "server", "client", "llmrun_server", "llama_cpp_server", "tools_root",
-                  "tools_server", "ps_root", "ps_server", "batch_root", "batch_server"}
+                  "tools_server", "ps_root", "ps_server", "batch_root", "batch_server",
+                  "chat_model"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

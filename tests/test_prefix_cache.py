@@ -170,12 +170,32 @@ def test_cache_rm_empties_it(gemma_file: Path, tmp_path: Path) -> None:
 TEMPLATE = Path(__file__).parent / "fixtures" / "gemma-tools.jinja"
 
 
-def test_chat_continue_resumes_from_the_cached_conversation(gemma_file: Path,
-                                                            tmp_path: Path) -> None:
-    model = tmp_path / "chat.gguf"
+@pytest.fixture(scope="module")
+def chat_model(gemma_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real weights with a chat template (tests/fixtures/gemma-tools.jinja)."""
+    model = tmp_path_factory.mktemp("chat") / "chat.gguf"
     subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(gemma_file),
                     str(model), "--chat-template-file", str(TEMPLATE), "--force"],
                    check=True, capture_output=True, timeout=300)
+    return model
+
+
+def test_a_system_prompt_is_evaluated_once_across_runs(chat_model: Path,
+                                                       tmp_path: Path) -> None:
+    cli = Cli(make_env(tmp_path), tmp_path)
+    args = ("run", str(chat_model), "--no-think", "--temperature", "0", "-n", "16", "--json",
+            "-s", INSTRUCTIONS)
+    first = json.loads(cli(*args, "What is 2+2?").stdout)
+    second = json.loads(cli(*args, "What is 3+3?").stdout)
+    uncached = json.loads(cli(*args, "What is 3+3?", "--no-cache").stdout)
+    assert first["timings"]["prompt_tokens_from_cache"] == 0
+    assert second["timings"]["prompt_tokens_from_cache"] > 500
+    assert second["text"] == uncached["text"]
+
+
+def test_chat_continue_resumes_from_the_cached_conversation(chat_model: Path,
+                                                            tmp_path: Path) -> None:
+    model = chat_model
     cli = Cli(make_env(tmp_path), tmp_path)
     args = ("chat", str(model), "--no-think", "--temperature", "0", "-n", "12")
     proc = cli(*args, "-s", INSTRUCTIONS, input="Hello there\n")
