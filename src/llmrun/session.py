@@ -204,6 +204,7 @@ class Session:
         result = self.last = Result()
         if self.raw:
             tokens = self.model.tokenize(text, templated=False)
+            self.model.check_fits(len(tokens))  # before any of it is evaluated
             head, sep, _ = text.rpartition("\n\n")  # a script's fixed text, then its input
             cut = common_prefix(self.model.tokenize(head + sep, templated=False) if sep else [],
                                 tokens)
