@@ -162,3 +162,32 @@ def test_ps_counts_the_running_streams(batch_server: Server, batch_root: Path) -
 
     asyncio.run(main())
     assert seen == [3]
+
+
+def test_parallel_sequences_that_cannot_fit_are_refused(tmp_path: object,
+                                                        monkeypatch: object) -> None:
+    """`serve --parallel N` reserves N contexts of KV cache: refused with one clear error
+    when memory cannot hold them."""
+    from pathlib import Path
+
+    import pytest
+
+    from llmrun import memory, tiny_model
+    from llmrun.datatypes import LoadOptions
+    from llmrun.engine import Model
+    from llmrun.engine.batch import BatchEngine
+    from llmrun.errors import ModelError
+
+    path = Path(str(tmp_path)) / "tiny.gguf"
+    tiny_model.write(path, ["F16"], shape=tiny_model.Shape(ctx=1024))
+    model = Model(path, LoadOptions(n_ctx=1024, n_gpu_layers=0))
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    try:
+        need = memory.kv_cache_bytes(model.info, 1024 * 8)
+        mp.setattr(memory, "available_memory", lambda: need - 1)
+        with pytest.raises(ModelError, match="8 parallel sequences of 1024 tokens need"):
+            BatchEngine(model, 8)
+        mp.setattr(memory, "available_memory", lambda: need)
+        BatchEngine(model, 8).close()
+    finally:
+        model.close()

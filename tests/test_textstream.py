@@ -79,3 +79,4 @@ def test_the_engine_streams_what_llama_cpp_writes_whole(tmp_path: object) -> Non
         assert cut == ours[: ours.find(stop)]
     finally:
         model.close()
+

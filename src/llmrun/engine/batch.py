@@ -58,6 +58,18 @@ class BatchEngine:
 
         self.model, self.n_seq, self.n_batch = model, n_seq, n_batch
         self.n_ctx = model.n_ctx  # per sequence
+        if not model.gpu_layers:  # the KV cache of every sequence lives in RAM
+            from .. import memory
+            from ..errors import ModelError
+            from ..units import human_size
+
+            need = memory.kv_cache_bytes(model.info, self.n_ctx * n_seq)
+            available = memory.available_memory()
+            if available is not None and need > available:
+                raise ModelError(
+                    f"{n_seq} parallel sequences of {self.n_ctx} tokens need "
+                    f"{human_size(need)} of KV cache; {human_size(available)} of memory is "
+                    "available", hint="try a smaller --parallel or --ctx")
         own = model.llama.context_params  # threads, flash attention, offload: the same
         params = type(own).from_buffer_copy(own)
         params.n_ctx = self.n_ctx * n_seq
