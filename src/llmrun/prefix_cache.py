@@ -36,7 +36,9 @@ def cache_key(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int] | Any, b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start (``a`` may be a numpy array:
+    llama-cpp-python's input_ids)."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

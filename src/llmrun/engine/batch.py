@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..datatypes import Result, Sampling
+from ..prefix_cache import common_prefix
 from .textstream import TextStream
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ class BatchEngine:
         free = [s for s in self.seqs if s.rid is None]
         if not free:
             raise RuntimeError("no free sequence")  # the server never starts more than n_seq
-        seq = max(free, key=lambda s: (_common(s.cached, tokens), -s.seq))
-        common = min(_common(seq.cached, tokens), len(tokens) - 1)  # the last is evaluated
+        seq = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.seq))
+        common = min(common_prefix(seq.cached, tokens), len(tokens) - 1)  # the last is evaluated
         memory = llama_cpp.llama_get_memory(self.ctx)
         if not self.model.can_keep(common, self.ctx, seq.seq) or (
                 not llama_cpp.llama_memory_seq_rm(memory, seq.seq, common, -1)):
@@ -278,13 +279,4 @@ class BatchEngine:
             chain.add_temp(sampling.temperature)
             chain.add_dist(seed)
         return chain
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 

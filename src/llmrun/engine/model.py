@@ -18,6 +18,7 @@ from .. import gguf_file, inuse, native_check, prompt_pieces, templates
 from ..datatypes import LoadOptions, Result, Sampling
 from ..errors import ModelError, UsageError, context_overflow
 from ..gguf_info import GGUFInfo
+from ..prefix_cache import common_prefix
 from .native import (
     _fixed_mmap_threshold,
     _model_params,
@@ -280,12 +281,7 @@ class Model:
         import llama_cpp
 
         llama = self.llama
-        held = llama.input_ids[: llama.n_tokens]
-        common = 0
-        for a, b in zip(held, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(llama.input_ids[: llama.n_tokens], tokens)
         if common >= len(tokens) or len(tokens) >= self.n_ctx:
             return 0
         if cancelled is not None and cancelled():
@@ -423,13 +419,8 @@ class Model:
         if not cached_whole and llama.n_tokens:
             # llama-cpp-python reuses the longest cached prefix (minus one token when the
             # whole prompt is cached): not past what a sliding window has dropped
-            held = llama.input_ids[: llama.n_tokens]
-            common = 0
-            for a, b in zip(held, tokens, strict=False):
-                if a != b:
-                    break
-                common += 1
-            keep = min(common, len(tokens) - 1)
+            keep = min(common_prefix(llama.input_ids[: llama.n_tokens], tokens),
+                       len(tokens) - 1)
             if keep < llama.n_tokens and not self.can_keep(keep):
                 self.clear_cache()
         if sampling.seed is not None:
