@@ -76,3 +76,22 @@ def test_ps_needs_the_key_and_a_server(ps_root: Path, ps_server: Server, tmp_pat
     env = Cli(make_env(ps_root, LLMRUN_PORT=str(ps_server.port), LLMRUN_API_KEY="sekrit"),
               ps_root)
     assert env("ps", "--json").returncode == 0
+
+
+def test_metrics_in_prometheus_text(ps_root: Path, ps_server: Server) -> None:
+    import httpx
+    from openai import OpenAI
+
+    assert httpx.get(ps_server.url + "/metrics", timeout=30).status_code == 401
+    client = OpenAI(base_url=ps_server.url + "/v1", api_key="sekrit", max_retries=0)
+    client.completions.create(model=GEMMA, prompt="Hi", max_tokens=3, temperature=0)
+    resp = httpx.get(ps_server.url + "/metrics", timeout=30,
+                     headers={"Authorization": "Bearer sekrit"})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in resp.text.splitlines() if line and not line.startswith("#")}
+    assert values['llmrun_requests_total{route="/v1/completions",status="200"}'] == 1
+    assert values["llmrun_completion_tokens_total"] == 3
+    assert values["llmrun_models_loaded"] == 1
+    assert values[f'llmrun_running{{model="{GEMMA}"}}'] == 0
+    assert values[f'llmrun_model_memory_bytes{{model="{GEMMA}"}}'] > 100 * 2**20

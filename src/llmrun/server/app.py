@@ -29,6 +29,7 @@ from ..formats import Delta, text_deltas
 from ..reply import ReplyStream, plan_chat
 from . import http, schemas, security
 from .http import to_api_error
+from .metrics import Metrics
 from .models import Busy, Done, Engine, Event, Failed, Job, Loader, ModelSpec, Piece, Pool
 from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer
 
@@ -310,9 +311,17 @@ def create_app(config: ServerConfig) -> FastAPI:
                            code="model_not_loaded")
         return {"stopped": canonical}
 
+    metrics = Metrics()
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus's text format; needs the API key when one is set."""
+        return Response(metrics.render(api.pool.details()),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])
     security.install(app, bound_host=config.host, api_key=config.api_key,
                      cors_origins=config.cors_origins)
-    app.add_middleware(http.RequestLog)
+    app.add_middleware(http.RequestLog, metrics=metrics)
     return app

@@ -56,8 +56,8 @@ def clean(text: str, limit: int = 200) -> str:
 class RequestLog:
     """One line per request on the ``llmrun.server`` logger."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, metrics: Any = None) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,9 +78,12 @@ class RequestLog:
                       f" completion_tokens={state['completion_tokens']}"
                       if "prompt_tokens" in state else "")
             note = f" {state['note']}" if state.get("note") else ""
+            took = time.perf_counter() - start
             log.info("%s %s model=%s status=%d%s %.2fs%s", scope["method"],
                      clean(scope["path"]), clean(state.get("model", "-")), status[0], tokens,
-                     time.perf_counter() - start, note)
+                     took, note)
+            if self.metrics is not None:
+                self.metrics.record(scope["path"], status[0], state, took)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
