@@ -309,3 +309,32 @@ def test_a_broken_tool_call_in_the_history_is_a_400(tools_server: str) -> None:
         "model": NAME, "messages": messages, "tools": TOOLS, "max_tokens": 4})
     assert resp.status_code == 400
     assert "arguments are not valid JSON" in resp.json()["error"]["message"]
+
+
+def test_import_with_a_chat_template_of_ones_own(gemma_file: Path, tmp_path: Path) -> None:
+    """`import --chat-template FILE`: the same weights, the template from a file (no GGUF
+    editing), used by run, show and serve; a template that cannot render is refused."""
+    cli = Cli(make_env(tmp_path), tmp_path)
+    proc = cli("import", str(gemma_file), "--name", "mine", "--link", "--chat-template",
+               str(TEMPLATE))
+    assert proc.returncode == 0, proc.stderr
+    shown = cli("show", "mine", "--template")
+    assert shown.stdout == TEMPLATE.read_text().rstrip("\n") + "\n"
+    data = json.loads(cli("run", "mine", "--temperature", "0", "-n", "6", "--json",
+                          "The capital of France is").stdout)
+    assert data["reasoning"].strip() and data["text"] == ""  # the template opened a trace
+    srv = Server(tmp_path, "--ctx", "1024")
+    try:
+        reply = _client(srv.url).chat.completions.create(
+            model="mine", messages=ASK, tools=TOOLS, tool_choice="required", temperature=0,
+            max_tokens=200, parallel_tool_calls=False, extra_body={"reasoning_budget": 6})
+        assert reply.choices[0].finish_reason == "tool_calls"
+        _check_call(reply.choices[0].message.tool_calls[0])
+    finally:
+        srv.stop()
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{{ messages[0]['content'] | no_such_filter }}")
+    proc = cli("import", str(gemma_file), "--name", "other", "--link", "--chat-template",
+               str(broken))
+    assert proc.returncode == 2 and "does not render" in proc.stderr
+    assert cli("show", "other").returncode == 3  # nothing was imported

@@ -67,6 +67,8 @@ class Manifest:
     pulled_at: str = field(
         default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
+    chat_template: str | None = None  # given at import (`--chat-template`), over the GGUF's
+
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
@@ -203,8 +205,8 @@ class Store:
             _refuse_busy(manifest, busy)
             return self._remove(name, manifest)
 
-    def import_file(self, file: Path, *, name: str, quant: str | None, size: int, link: bool
-                    ) -> Manifest:
+    def import_file(self, file: Path, *, name: str, quant: str | None, size: int, link: bool,
+                    chat_template: str | None = None) -> Manifest:
         """Record a local GGUF under ``name``: copied into the store's blobs (by sha256), or
         linked where it is. The file must have been validated already."""
         import shutil
@@ -220,7 +222,7 @@ class Store:
                 os.replace(tmp, local)
         manifest = Manifest(name, "import", None, None, quant,
                             [StoredFile(file.name, str(local), size, digest)],
-                            "link" if link else "import")
+                            "link" if link else "import", chat_template=chat_template)
         self.save(manifest)
         return manifest
 

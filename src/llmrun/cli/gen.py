@@ -249,8 +249,10 @@ def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
                        else s.gpu_layers, n_threads=threads or s.threads,
                        flash_attn=s.flash_attn, extra_buffers=s.cpu_extra_buffers,
                        state_dir=str(s.state_dir), ctx_default=entry.ctx if entry else None)
+    manifest = common.store().get(name)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
-                   debug=s.debug, name=name)  # -v is the timing block; the log is debug's
+                   debug=s.debug, name=name,  # -v is the timing block; the log is debug's
+                   chat_template=manifest.chat_template if manifest is not None else None)
     if loaded.notice:
         output.notice(loaded.notice)
     if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:

@@ -43,7 +43,8 @@ def _resolve(name: str) -> ModelSpec:
                 if v is not None}
     return ModelSpec(display, path, entry.chat_format if entry else None, defaults,
                      ctx_default=entry.ctx if entry else None,
-                     reasoning=entry.reasoning if entry else None)
+                     reasoning=entry.reasoning if entry else None,
+                     chat_template=found.manifest.chat_template if found.manifest else None)
 
 
 def _list_models() -> list[tuple[str, int]]:

@@ -19,8 +19,10 @@ def show_cmd(
 
     path, name, entry = common.ensure_local(model, no_pull=True)
     info = gguf_file.read_info(path)
-    tmpl = info.chat_template
-    tmpl_source = "GGUF metadata" if tmpl else (
+    manifest = common.store().get(name)
+    imported = manifest.chat_template if manifest is not None else None
+    tmpl = imported or info.chat_template
+    tmpl_source = "imported with the model" if imported else "GGUF metadata" if tmpl else (
         f"registry format {entry.chat_format}" if entry and entry.chat_format else "none")
     if template:
         if tmpl is None and entry and entry.chat_format:

@@ -55,7 +55,8 @@ def _affordable_ctx(info: GGUFInfo, preferred: int, parts: list[Path],
 
 class Model:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None = None,
-                 debug: bool = False, name: str | None = None) -> None:
+                 debug: bool = False, name: str | None = None,
+                 chat_template: str | None = None) -> None:
         self.path = path
         self.name = name or path.name
         self._pieces: prompt_pieces.PieceTokenizer | None = None
@@ -132,6 +133,7 @@ class Model:
             )
         self.load_s = time.perf_counter() - start
         self.chat_format = chat_format
+        self.chat_template = chat_template  # imported with the model: over the GGUF's
         self._template: tuple[str, str] | None = None
         self._pieces_cache: dict[int, bytes] = {}  # token -> its bytes (_piece)
 
@@ -150,8 +152,9 @@ class Model:
     def template(self) -> tuple[str, str]:
         """(template text, where it came from); raises TemplateError when there is none."""
         if self._template is None:
-            self._template = templates.resolve_template(self.info.chat_template,
-                                                        self.chat_format)
+            self._template = (self.chat_template, "the template imported with the model") \
+                if self.chat_template else templates.resolve_template(self.info.chat_template,
+                                                                      self.chat_format)
         return self._template
 
     def format_chat(self, messages: list[dict[str, Any]], *,

@@ -33,7 +33,7 @@ from ..errors import LlmrunError, ModelError, context_overflow
 
 class ChildEngine:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None, debug: bool,
-                 name: str, parallel: int = 1) -> None:
+                 name: str, parallel: int = 1, chat_template: str | None = None) -> None:
         self.name, self.dead = name, False
         self.parallel = parallel
         self._streams: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}
@@ -54,7 +54,7 @@ class ChildEngine:
         try:
             loaded = self._call("load", path=str(path), opts=dataclasses.asdict(opts),
                                 chat_format=chat_format, debug=debug, name=name,
-                                parallel=parallel)
+                                parallel=parallel, chat_template=chat_template)
             self.n_ctx = int(loaded["n_ctx"])
             self._trained: int | None = loaded.get("trained")
             self.memory_warning: str | None = loaded["memory_warning"]
@@ -325,7 +325,7 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
 
         state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
                                chat_format=req["chat_format"], debug=req["debug"],
-                               name=req["name"])
+                               name=req["name"], chat_template=req.get("chat_template"))
         state["model"].remember_prompt_pieces()  # each request re-sends the conversation
         if int(req.get("parallel") or 1) > 1:
             from ..engine.batch import BatchEngine

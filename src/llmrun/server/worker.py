@@ -72,6 +72,7 @@ class ModelSpec:
     defaults: dict[str, float | int] = field(default_factory=dict)  # registry defaults
     ctx_default: int | None = None  # the registry's preferred context (LoadOptions)
     reasoning: str | None = None  # the registry's reasoning format, over the template's
+    chat_template: str | None = None  # imported with the model, over the GGUF's
 
 
 Loader = Callable[[ModelSpec], Engine]
@@ -94,11 +95,12 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
             from .child import ChildEngine
 
             return ChildEngine(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
-                               name=spec.name, parallel=parallel)
+                               name=spec.name, parallel=parallel,
+                               chat_template=spec.chat_template)
         from ..engine import Model
 
         return Model(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
-                     name=spec.name)
+                     name=spec.name, chat_template=spec.chat_template)
 
     return load
 
