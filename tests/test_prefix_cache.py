@@ -205,3 +205,17 @@ def test_chat_continue_resumes_from_the_cached_conversation(chat_model: Path,
     assert "resumed 2 message(s)" in resumed.stderr
     found = [line for line in resumed.stderr.splitlines() if "prompt from cache" in line]
     assert found and int(found[0].split(":")[1].split()[0]) > 500
+
+
+
+
+def test_an_unreadable_cache_is_an_empty_one(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = _cache(tmp_path)
+    cache.store("k", TOKENS, b"x")
+
+    def refuse(self: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)  # (file permissions do not stop root)
+    assert cache.lookup("k", TOKENS) is None  # no error: the cache is an extra

@@ -152,10 +152,11 @@ class PrefixCache:
         return removed
 
     def _entries(self, key: str) -> list[Path]:
-        folder = self._dir(key)
-        if not folder.is_dir():
+        try:  # (an unreadable cache is an empty one: the cache is an extra, never an error)
+            return [p for p in self._dir(key).iterdir()
+                    if p.suffix == ".kv" and not p.name.startswith(".")]
+        except OSError:
             return []
-        return [p for p in folder.iterdir() if p.suffix == ".kv" and not p.name.startswith(".")]
 
 
 def _name(tokens: Sequence[int]) -> str:
