@@ -91,10 +91,6 @@ class ReplyStream:
         self._emitted = Reply()
         self._trace_tokens = 0
 
-    @property
-    def reply(self) -> Reply:
-        return self.parser.reply
-
     def _parser(self) -> ReplyParser:
         s = self.spec
         return ReplyParser(s.fmt, tools=s.calls_allowed, in_reasoning=s.in_reasoning,

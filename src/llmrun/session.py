@@ -68,9 +68,6 @@ class Session:
     reasoning: str | None = None  # the registry's reasoning format, over the template's
     prefix_cache: PrefixCache | None = None  # prompt prefixes kept on disk across runs
     model_sha: str = ""  # the model file's sha256 (the prefix cache's key)
-    _last_prompt: list[int] = field(default_factory=list, init=False, repr=False)
-    _head: int = field(default=0, init=False, repr=False)  # the last prompt's reusable head
-    _restored: int = field(default=0, init=False, repr=False)  # tokens the last prompt loaded
     _ahead: ReadAhead | None = field(default=None, init=False, repr=False)
     _fmt: tuple[ReplyFormat, dict[str, Any]] | None = field(default=None, init=False,
                                                             repr=False)
@@ -253,17 +250,15 @@ class Session:
         turn's numbers."""
         from .prefix_cache import MIN_TOKENS
 
-        self._last_prompt, self._head, self._restored = list(tokens), 0, 0
         if head < MIN_TOKENS or head >= len(tokens):
             return 0, 0.0
-        self._head = head
         held = common_prefix(list(self.model.llama.input_ids[: self.model.llama.n_tokens]),
                              tokens)
         if self.prefix_cache is not None and self.model_sha and held < head:
             hit = self.prefix_cache.lookup(self._cache_key(), tokens[:head])
             if hit is not None and hit.usable >= head:
                 if self.model.load_prefix_state(hit.tokens, hit.payload, head):
-                    result.prompt_from_disk = self._restored = head
+                    result.prompt_from_disk = head
                     return 0, 0.0
                 hit.path.unlink(missing_ok=True)  # llama.cpp refused it: never again
         import time

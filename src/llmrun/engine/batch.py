@@ -104,9 +104,6 @@ class BatchEngine:
     def active(self) -> bool:
         return any(s.rid is not None for s in self.seqs)
 
-    def free_slots(self) -> int:
-        return sum(s.rid is None for s in self.seqs)
-
     def start(self, rid: str, tokens: list[int], sampling: Sampling) -> None:
         """A request joins at the next step, on the free slot holding its longest prefix."""
         import llama_cpp

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from . import ToolSyntax
@@ -53,7 +53,6 @@ class ToolGrammar:
     trace: Literal["none", "optional", "open"] = "none"  # whole: may start one / inside one
     name: str | None = None  # rest, harmony: the function the opened call names
     mistral_args: bool = False  # Mistral's newer NAME[ARGS]{...} form instead of a JSON array
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"syntax": self.syntax, "tools": list(self.tools), "shape": self.shape,
