@@ -323,6 +323,14 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
     if op == "load":
         from ..engine import Model
 
+        if req["debug"]:  # LLMRUN_DEBUG=1: the engine's debug log (grammars...) too
+            import logging
+
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("llmrun model: %(message)s"))
+            logging.getLogger("llmrun").addHandler(handler)
+            logging.getLogger("llmrun").setLevel(logging.DEBUG)
+
         state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
                                chat_format=req["chat_format"], debug=req["debug"],
                                name=req["name"], chat_template=req.get("chat_template"))
