@@ -22,6 +22,7 @@ Only the template text is read; nothing is rendered, so this is safe on hostile 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jinja2
@@ -82,6 +83,7 @@ def _tool_syntax(template: str) -> ToolSyntax | None:
     return None
 
 
+@functools.lru_cache(maxsize=16)  # serve asks once per request; templates are few
 def detect(template: str) -> ReplyFormat:
     """The reply syntax ``template`` implies (see the module docstring for the rules).
 
