@@ -254,3 +254,46 @@ def test_a_base_model_gets_a_token_limit_and_chat_a_warning(gemma_cli: Cli) -> N
     assert f"`llmrun run {GEMMA} --raw" in chat.stderr
     hinted = gemma_cli("run", GEMMA, "--raw", "-n", "4", "TEXT")  # the command it names works
     assert hinted.returncode == 0 and hinted.stdout.strip()
+
+
+def test_llama_cpp_and_ollama_habits_work(gemma_cli: Cli) -> None:
+    """The flags people have in their fingers: llama.cpp's --temp, -c/--ctx-size, -t, -ngl and
+    --json-schema mean what llmrun's own names mean."""
+    ours = gemma_cli("run", GEMMA, "--raw", "--temperature", "0", "-n", "8", "Water is made of")
+    theirs = gemma_cli("run", GEMMA, "--raw", "--temp", "0", "-t", "2", "-ngl", "0", "-n", "8",
+                       "Water is made of")
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout == ours.stdout
+    for ctx in (("-c", "64"), ("--ctx-size", "64")):
+        small = gemma_cli("run", GEMMA, "--raw", *ctx, "word " * 200)
+        assert small.returncode == 5 and "context is 64" in small.stderr
+    schema = '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}'
+    shaped = gemma_cli("run", GEMMA, "--temp", "0", "-n", "40", "--json-schema", schema,
+                       "Is water wet? Answer as JSON.")
+    assert shaped.returncode == 0, shaped.stderr
+    assert set(json.loads(shaped.stdout)) == {"ok"}
+
+
+def test_run_without_a_prompt_on_a_terminal_opens_a_chat(private_gemma_cli: Cli) -> None:
+    """As `ollama run MODEL` does; with stdin from a pipe it still reads the prompt there."""
+    import pexpect
+
+    env = {**private_gemma_cli.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    child = pexpect.spawn(sys.executable, ["-m", "llmrun", "run", GEMMA, "--temp", "0", "-n",
+                                           "8"], env=env, encoding="utf-8", timeout=60,
+                          dimensions=(40, 120))
+    child.expect_exact(">>>")
+    child.sendline("/show")
+    child.expect("context: +0 of 4096 tokens used")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    json_child = pexpect.spawn(sys.executable, ["-m", "llmrun", "run", GEMMA, "--json"],
+                               env=env, encoding="utf-8", timeout=60)
+    json_child.expect(pexpect.EOF)
+    json_child.close()
+    assert json_child.exitstatus == 2
+    said = ansi.sub("", json_child.before)
+    assert "Error: no prompt" in said and f"`llmrun run {GEMMA}` opens a chat" in said

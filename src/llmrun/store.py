@@ -159,6 +159,13 @@ class Store:
             raise ModelNotPulled(f"model {name!r} is not pulled", hint=f"llmrun pull {name}")
         return manifest
 
+    def names(self) -> list[str]:
+        """The pulled models' names, from the record files' names alone (cheap: for shell
+        completion)."""
+        if not self.manifests.is_dir():
+            return []
+        return sorted(unquote(p.stem) for p in self.manifests.glob("*.json"))
+
     def all(self) -> Iterator[Manifest]:
         if not self.manifests.is_dir():
             return

@@ -36,7 +36,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -84,6 +83,10 @@ def main() -> None:
     from .context import fresh
 
     fresh()  # this invocation's settings, registry and store, made when first needed
+    from . import complete
+
+    if head := complete.bash_colon_head():  # a Tab in bash after `gemma3:`
+        complete.trimmed(lambda: app(standalone_mode=False, prog_name="llmrun"), head)
     if _debug():  # llmrun's own debug log (serve has its own handler)
         import logging
 
@@ -92,7 +95,7 @@ def main() -> None:
         logging.getLogger("llmrun").addHandler(handler)
         logging.getLogger("llmrun").setLevel(logging.DEBUG)
     try:
-        result = app(standalone_mode=False)
+        result = app(standalone_mode=False, prog_name="llmrun")
         code = result if isinstance(result, int) else ExitCode.OK
     except LlmrunError as exc:
         if _debug():

@@ -8,18 +8,19 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from . import common, gen, output
+from . import common, complete, gen, output
 
 
 def bench_cmd(
-    model: Annotated[str, typer.Argument(help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf")],
+    model: Annotated[str, typer.Argument(
+        help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf", autocompletion=complete.any_model)],
     prompt_tokens: Annotated[int, typer.Option(
         "--prompt-tokens", "-p", min=0, help="prompt processing test size (0: skip)")] = 512,
     gen_tokens: Annotated[int, typer.Option(
         "--gen-tokens", "-n", min=0, help="generation test size (0: skip)")] = 128,
     repetitions: Annotated[int, typer.Option(
         "--repetitions", "-r", min=1, max=100, help="runs of each test")] = 3,
-    ctx: gen.Ctx = None, gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None,
+    ctx: gen.CtxC = None, gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
     no_pull: gen.NoPull = False,
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import LlmrunError, UsageError
 from ..exit_codes import ExitCode
-from . import chat_commands, common, gen, output
+from . import chat_commands, common, complete, gen, output
 
 if TYPE_CHECKING:
     from .gen import AnySession as Session
@@ -19,7 +19,8 @@ PROMPT = ">>> "
 
 
 def chat_cmd(
-    model: Annotated[str, typer.Argument(help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf")],
+    model: Annotated[str, typer.Argument(
+        help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf", autocompletion=complete.any_model)],
     system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="render replies as Markdown "
                                            "(terminal only)")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..exit_codes import ExitCode
-from . import common, output
+from . import common, complete, output
 
 
 def _size(n: int | None) -> str:
@@ -66,6 +66,7 @@ def _config(c: dict[str, Any]) -> str:
 
 def doctor_cmd(
     model: Annotated[str | None, typer.Argument(
+        autocompletion=complete.any_model,
         help="test the engine with this model's weight types (default: F16, Q4_0, Q8_0)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
     gpu_layers: Annotated[int | None, typer.Option(

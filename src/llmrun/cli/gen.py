@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     AnySession = Session | RemoteSession
 
 Temperature = Annotated[float | None, typer.Option(
-    "--temperature", min=0.0, max=2.0, help="0 = greedy (deterministic); at most 2, as in "
-    "OpenAI's API and `llmrun serve`")]
+    "--temperature", "--temp", min=0.0, max=2.0,
+    help="0 = greedy (deterministic); at most 2, as in OpenAI's API and `llmrun serve`")]
 TopP = Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)]
 TopK = Annotated[int | None, typer.Option("--top-k", min=0, max=1000)]
 MinP = Annotated[float | None, typer.Option("--min-p", min=0.0, max=1.0)]
@@ -37,15 +37,21 @@ Seed = Annotated[int | None, typer.Option("--seed", min=0)]
 MaxTokens = Annotated[int | None, typer.Option("--max-tokens", "-n", min=1,
                                                help="stop after N tokens")]
 Stop = Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")]
-Ctx = Annotated[int | None, typer.Option("--ctx", min=16, help="context size in tokens")]
+Ctx = Annotated[int | None, typer.Option("--ctx", "--ctx-size", min=16,
+                                         help="context size in tokens")]
+# where -c is free (chat has -c for --continue), llama.cpp's short form too
+CtxC = Annotated[int | None, typer.Option("--ctx", "--ctx-size", "-c", min=16,
+                                          help="context size in tokens")]
 GpuLayers = Annotated[int | None, typer.Option(
-    "--gpu-layers", min=-1, help="layers to offload to the GPU; -1 = all (default when the "
-    "build supports offload)")]
-Threads = Annotated[int | None, typer.Option("--threads", min=1, help="default: physical cores")]
+    "--gpu-layers", "-ngl", min=-1,
+    help="layers to offload to the GPU; -1 = all (default when the build supports offload)")]
+Threads = Annotated[int | None, typer.Option("--threads", "-t", min=1,
+                                             help="default: physical cores")]
 Raw = Annotated[bool, typer.Option("--raw", help="plain completion, no chat template")]
 Format = Annotated[str | None, typer.Option("--format", help="'json': output is valid JSON")]
 Schema = Annotated[str | None, typer.Option(
-    "--schema", help="JSON schema (file path or inline JSON) the output must match")]
+    "--schema", "--json-schema",
+    help="JSON schema (file path or inline JSON) the output must match")]
 Think = Annotated[str | None, typer.Option(
     "--think", metavar="on|off|low|medium|high", help="reasoning models: thinking on or off "
     "(Qwen3, ...) or its effort (gpt-oss); default: the model's own")]

@@ -6,12 +6,13 @@ from typing import Annotated
 
 import typer
 
-from . import common, output
+from . import common, complete, output
 from .progress import pull_with_progress
 
 
 def pull_cmd(
-    names: Annotated[list[str], typer.Argument(help="registry name, hf.co/ORG/REPO[:QUANT]")],
+    names: Annotated[list[str], typer.Argument(
+        help="registry name, hf.co/ORG/REPO[:QUANT]", autocompletion=complete.any_model)],
     force: Annotated[bool, typer.Option("--force", help="download again and re-verify")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
                                         help="print only the model path on stdout")] = False,

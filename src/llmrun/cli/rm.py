@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from . import common, output
+from . import common, complete, output
 
 
 def rm_cmd(
-    names: Annotated[list[str], typer.Argument(help="pulled or imported model names")],
+    names: Annotated[list[str], typer.Argument(
+        help="pulled or imported model names", autocompletion=complete.pulled_model)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go")] = False,
     force: Annotated[bool, typer.Option("--force", help="remove even while a running llmrun "

@@ -9,9 +9,13 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from . import gen, output
+from . import complete, gen, output
 
 MAX_STDIN = 64 * 1024 * 1024
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def _read_stdin() -> str:
@@ -24,7 +28,8 @@ def _read_stdin() -> str:
 
 
 def run_cmd(
-    model: Annotated[str, typer.Argument(help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf")],
+    model: Annotated[str, typer.Argument(
+        help="registry name, hf.co/ORG/REPO[:QUANT], or .gguf", autocompletion=complete.any_model)],
     prompt: Annotated[str | None, typer.Argument(help="the prompt; stdin comes first")] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
     each_line: Annotated[bool, typer.Option(
@@ -33,7 +38,7 @@ def run_cmd(
         "--json", help="one JSON object: text, reasoning, finish reason, usage, timings")] = False,
     temperature: gen.Temperature = None, top_p: gen.TopP = None, top_k: gen.TopK = None,
     min_p: gen.MinP = None, repeat_penalty: gen.RepeatPenalty = None, seed: gen.Seed = None,
-    max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.Ctx = None,
+    max_tokens: gen.MaxTokens = None, stop: gen.Stop = None, ctx: gen.CtxC = None,
     gpu_layers: gen.GpuLayers = None, threads: gen.Threads = None, raw: gen.Raw = False,
     fmt: gen.Format = None, schema: gen.Schema = None, verbose: gen.Verbose = False,
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
@@ -42,7 +47,22 @@ def run_cmd(
     no_cache: gen.NoCache = False,
 ) -> None:
     """Answer one prompt (argument and/or piped stdin) on stdout, streamed. A reasoning
-    model's trace never goes to stdout: it is on stderr (--show-thinking) and in --json."""
+    model's trace never goes to stdout: it is on stderr (--show-thinking) and in --json.
+    With no prompt on a terminal, it opens a chat (as `ollama run` does)."""
+    if prompt is None and not each_line and _stdin_is_terminal():
+        if as_json or raw or fmt or schema:
+            raise UsageError("no prompt: give one as an argument or on stdin",
+                             hint=f"without --json, --raw, --format or --schema, "
+                                  f"`llmrun run {model}` opens a chat")
+        from .chat import chat_cmd
+
+        chat_cmd(model, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
+                 min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens,
+                 stop=stop, ctx=ctx, gpu_layers=gpu_layers, threads=threads, verbose=verbose,
+                 no_pull=no_pull, endpoint=endpoint, api_key=api_key, think=think,
+                 no_think=no_think, show_thinking=show_thinking, think_budget=think_budget,
+                 no_cache=no_cache)
+        return
     stdin = _read_stdin()
     if each_line:
         prompts = [line for line in stdin.splitlines() if line.strip()]

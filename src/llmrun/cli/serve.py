@@ -73,8 +73,9 @@ MaxLoaded = Annotated[int, typer.Option(metavar="N", min=1, help="models loaded 
 Queue = Annotated[int, typer.Option(
     metavar="N", min=1, help="requests waiting per model; more get 503 + Retry-After")]
 Parallel = Annotated[int | None, typer.Option(
-    metavar="N", min=1, max=64, help="requests per model decoded together (continuous "
-    "batching; each has its own context) [env LLMRUN_PARALLEL; default 1]")]
+    "--parallel", "-np", metavar="N", min=1, max=64,
+    help="requests per model decoded together (continuous batching; each has its own "
+         "context) [env LLMRUN_PARALLEL; default 1]")]
 CorsOrigin = Annotated[list[str] | None, typer.Option(
     metavar="ORIGIN", help="allow browser pages from this origin (repeatable); none by default")]
 
@@ -82,7 +83,7 @@ CorsOrigin = Annotated[list[str] | None, typer.Option(
 def serve_cmd(
     host: Host = None, port: Port = None, model: Models = None, api_key: ApiKey = None,
     keep_alive: KeepAlive = "5m", max_loaded: MaxLoaded = 1, queue: Queue = 64,
-    cors_origin: CorsOrigin = None, ctx: gen.Ctx = None, gpu_layers: gen.GpuLayers = None,
+    cors_origin: CorsOrigin = None, ctx: gen.CtxC = None, gpu_layers: gen.GpuLayers = None,
     threads: gen.Threads = None, parallel: Parallel = None,
 ) -> None:
     """Serve pulled models over an OpenAI-compatible HTTP API (/v1/chat/completions,

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from . import common, output
+from . import common, complete, output
 
 
 def show_cmd(
-    model: Annotated[str, typer.Argument(help="pulled name, registry name, or .gguf path")],
+    model: Annotated[str, typer.Argument(
+        help="pulled name, registry name, or .gguf path", autocompletion=complete.any_model)],
     template: Annotated[bool, typer.Option("--template", help="print the chat template")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
 ) -> None:

@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 
 from ..errors import ChecksumMismatch
-from . import common, output
+from . import common, complete, output
 
 
 def verify_cmd(
-    names: Annotated[list[str] | None, typer.Argument(help="models to check (default: all)")]
+    names: Annotated[list[str] | None, typer.Argument(
+        help="models to check (default: all)", autocompletion=complete.pulled_model)]
     = None,
 ) -> None:
     """Detect bit rot or tampering: every file is hashed and compared with its record."""
