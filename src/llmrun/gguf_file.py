@@ -419,6 +419,15 @@ def read_info(path: Path, *, hint: str | None = None) -> GGUFInfo:
         raise ModelError(f"cannot read model file: {path}: {e.strerror or e}") from None
 
 
+def read_info_from(f: IO[bytes], size: int, name: str) -> GGUFInfo:
+    """The header of a GGUF that is not a local file (``f`` reads and seeks it, e.g. ranges
+    of a file on the Hub): the same validation as read_info, CorruptModel when it fails."""
+    try:
+        return _parse(f, size, Path(name))
+    except _Bad as e:
+        raise CorruptModel(f"GGUF header of {name} is malformed: {e}") from None
+
+
 def check_split_set(first: Path, *, hint: str | None = None) -> list[Path]:
     """Return every part of the model that ``first`` belongs to, each header validated.
 

@@ -141,6 +141,21 @@ def files_size(info: GGUFInfo, parts: Sequence[Path]) -> int:
     return total
 
 
+def affordable_ctx(info: GGUFInfo, preferred: int, *, weights: int, n_batch: int,
+                   floor: int, available: int | None, limit: int | None) -> int:
+    """``preferred`` (a registry entry's default context, e.g. 16384 for a reasoning model
+    whose traces overflow 4096), halved until the estimate fits ``available`` RAM and the
+    address-space ``limit`` (None: unknown), and never below ``floor`` (or ``preferred``)."""
+    ctx = preferred
+    while ctx > floor:
+        est = estimate(info, ctx, n_batch=n_batch, weights=weights)
+        if (available is None or est.resident <= available) and (
+                limit is None or est.address_space <= limit):
+            break
+        ctx //= 2
+    return max(ctx, min(preferred, floor))
+
+
 def preflight(info: GGUFInfo, n_ctx: int, parts: Sequence[Path], *, n_batch: int = DEFAULT_BATCH,
               name: str) -> str | None:
     """Estimate and check against this process's limits (see ``check``)."""

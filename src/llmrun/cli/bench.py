@@ -49,6 +49,7 @@ def bench_cmd(
             "extra_cpu_buffers": loaded.native.config.extra_bufts, **measured}
     finally:
         loaded.close()
+    _keep(name, data)
     if as_json:
         output.write_json(data)
         return
@@ -63,3 +64,18 @@ def bench_cmd(
     output.write(f"{'ttft':<8}{tt['mean'] * 1000:>10.1f} ± {tt['sd'] * 1000:.1f} ms "
                  f"({tt['prompt_tokens']}-token prompt)\n")
     output.write(f"{'memory':<8}{output.human_size(data['peak_rss']):>10} peak resident\n")
+
+
+def _keep(name: str, data: dict[str, object]) -> None:
+    """The last measurement of each model, for `llmrun catalog --fits` to show."""
+    import json
+
+    from ..fits import bench_path
+    from ..store import atomic_write_text
+
+    path = bench_path(common.settings(), name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    except OSError as exc:
+        output.warn(f"could not keep the result in {path}: {exc.strerror or exc}")

@@ -41,16 +41,10 @@ def _affordable_ctx(info: GGUFInfo, preferred: int, parts: list[Path],
     available, and never below DEFAULT_CTX."""
     from .. import memory
 
-    available, limit = memory.available_memory(), memory.address_space_limit()
-    weights = memory.files_size(info, parts)
-    ctx = preferred
-    while ctx > DEFAULT_CTX:
-        est = memory.estimate(info, ctx, n_batch=n_batch, weights=weights)
-        if (available is None or est.resident <= available) and (
-                limit is None or est.address_space <= limit):
-            break
-        ctx //= 2
-    return max(ctx, min(preferred, DEFAULT_CTX))
+    return memory.affordable_ctx(info, preferred, weights=memory.files_size(info, parts),
+                                 n_batch=n_batch, floor=DEFAULT_CTX,
+                                 available=memory.available_memory(),
+                                 limit=memory.address_space_limit())
 
 
 class Model:
