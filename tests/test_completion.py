@@ -54,9 +54,9 @@ def test_model_names_complete_in_each_shell(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_bash_gets_the_part_after_the_colon(cli: Cli, tmp_path: Path) -> None:
-    """bash splits `qwen3:1` at the colon and replaces only `1`: the completion is `1.7b`."""
+    """bash splits `qwen3:0` at the colon and replaces only `0`: the completion is `0.6b`."""
     _pulled_tiny(cli, tmp_path)
-    assert _complete(cli, "bash", "llmrun run qwen3:1") == ["1.7b"]
+    assert _complete(cli, "bash", "llmrun run qwen3:0") == ["0.6b"]
     assert {"0.6b", "4b"} <= set(_complete(cli, "bash", "llmrun run qwen3:"))
     assert _complete(cli, "bash", "llmrun rm myt") == ["mytiny:1b"]
     assert "qwen3:4b" in _complete(cli, "bash", "llmrun run qw")
@@ -90,10 +90,10 @@ def test_a_real_bash_completes_a_model_name(cli: Cli, tmp_path: Path) -> None:
     child = _bash(cli, tmp_path)
     child.sendline("source ~/.bashrc")  # what a new shell does
     child.expect_exact("$ ")
-    child.send("llmrun show qwen3:1\t")
+    child.send("llmrun show qwen3:0\t")
     child.send("\x01echo \r")  # Ctrl-A, then print the completed line instead of running it
     child.expect(r"llmrun show (\S+)\s*\r\n")
-    assert child.match.group(1) == "qwen3:1.7b"
+    assert child.match.group(1) == "qwen3:0.6b"
     child.expect_exact("$ ")
     for typed in ("myt", "mytiny:"):  # before the colon, and just after it
         child.send(f"llmrun rm {typed}\t")
