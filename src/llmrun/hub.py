@@ -137,6 +137,28 @@ def file_info(repo: str, path: str, revision: str) -> tuple[str, RemoteFile]:
     return str(meta.commit_hash or revision), RemoteFile(path, meta.size, sha)
 
 
+def download_small(repo: str, path: str, revision: str, max_bytes: int) -> tuple[str, str]:
+    """Fetch a small file (the published registry) into the Hugging Face cache, the way any Hub
+    file is cached; returns (commit, local path). The commit is resolved first, so a network
+    failure is an error here, never a silent fall-back to an older cached copy (which is what
+    hf_hub_download does when its HEAD fails), and a file announced larger than ``max_bytes``
+    is refused before its body is asked for."""
+    from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]
+
+    commit, remote = file_info(repo, path, revision)
+    if remote.size is not None and remote.size > max_bytes:
+        raise LlmrunError(f"hf.co/{repo}/{path} is {remote.size} bytes, more than the "
+                          f"{max_bytes} a registry may have; nothing was downloaded")
+    try:
+        with disable_progress_bars():
+            local = huggingface_hub.hf_hub_download(
+                repo, path, revision=commit, endpoint=endpoint(), library_name="llmrun",
+                library_version=__version__)
+    except Exception as exc:
+        raise translate(exc, f"hf.co/{repo}/{path}") from None
+    return commit, str(local)
+
+
 def cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     stall_timeout: float = Field(30.0, gt=0, description="seconds without bytes before retrying")
     retries: int = Field(5, ge=0, description="download retries per file")
     retry_backoff: float = Field(1.0, ge=0, description="first retry delay (s), doubling")
+    registry_repo: str = Field("llmrun/registry", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/"
+                               r"[A-Za-z0-9][A-Za-z0-9._-]*$", description="Hub repo that "
+                               "publishes the registry `catalog --refresh` fetches")
+    registry_file: str = Field("models.yaml", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*"
+                               r"(/[A-Za-z0-9][A-Za-z0-9._-]*)*\.ya?ml$",
+                               description="the registry's file in that repo")
+    registry_revision: str = Field("main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                   description="branch, tag or commit to fetch it at")
 
     @property
     def state_dir(self) -> Path:
@@ -55,6 +63,12 @@ class Settings(BaseSettings):
     @property
     def user_registry(self) -> Path:
         return self.home / "models.yaml"
+
+    @property
+    def refreshed_registry(self) -> Path:
+        """What `catalog --refresh` applied: the fetched entries that differ from the shipped
+        ones and that llmrun took (registry_update.py)."""
+        return self.state_dir / "registry-refreshed.yaml"
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,18 @@ from . import common, output
 def catalog_cmd(
     term: Annotated[str | None, typer.Argument(help="filter by name, family or title")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+    refresh: Annotated[bool, typer.Option(
+        "--refresh", help="fetch the registry published on the Hub (LLMRUN_REGISTRY_REPO) "
+        "first; changes to pulled or pinned models are held back")] = False,
+    accept: Annotated[list[str] | None, typer.Option(
+        "--accept", metavar="NAME", help="with --refresh: take this held-back change "
+        "(repeatable)")] = None,
+    accept_all: Annotated[bool, typer.Option(
+        "--accept-all", help="with --refresh: take every held-back change")] = False,
 ) -> None:
     """Show the models llmrun knows by name."""
+    if refresh or accept or accept_all:
+        _refresh(accept or [], accept_all)
     import psutil
 
     ram = psutil.virtual_memory().total
@@ -50,3 +60,26 @@ def _context(tokens: int | None) -> str:
     if tokens is None:
         return "?"
     return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+
+
+def _refresh(accept: list[str], accept_all: bool) -> None:
+    """Fetch and apply the published registry; the summary goes to stderr."""
+    from ..registry_update import refresh
+    from .context import current
+
+    done = refresh(common.settings(), common.store(), common.registry(), accept=accept,
+                   accept_all=accept_all)
+    current().forget_registry()
+    d = done.decision
+    output.info(f"registry {done.source}{' (cached copy: HF_HUB_OFFLINE)' * done.from_cache}: "
+                f"{len(d.added)} added, {len(d.changed)} changed, {len(d.held)} held back, "
+                f"{len(d.refused)} refused")
+    for label, names in (("added", d.added), ("changed", d.changed), ("removed", d.removed),
+                         ("kept (pulled, no longer published)", d.kept)):
+        if names:
+            output.info(f"  {label}: {', '.join(sorted(names))}")
+    for name, why in sorted(d.refused.items()):
+        output.warn(f"refused {name}: it {why}")
+    for name, why in sorted(d.held.items()):
+        output.warn(f"held back {name} ({why}): it keeps its current entry; "
+                    f"`llmrun catalog --refresh --accept {name}` takes the change")

@@ -69,11 +69,22 @@ class Context:
         return self._settings
 
     def registry(self) -> Registry:
+        """Shipped < what `catalog --refresh` applied < the user's models.yaml; no network."""
         if self._registry is None:
-            from ..registry import Registry
+            from ..registry_update import load
 
-            self._registry = Registry.load(self.settings().user_registry)
+            settings = self.settings()
+            self._registry, warning = load(settings.user_registry,
+                                           settings.refreshed_registry)
+            if warning:
+                from . import output
+
+                output.warn(warning)
         return self._registry
+
+    def forget_registry(self) -> None:
+        """The registry changed on disk (`catalog --refresh`): read it again when next asked."""
+        self._registry = None
 
     def store(self) -> Store:
         from ..store import Store
