@@ -149,6 +149,8 @@ def test_a_malicious_registry_cannot_swap_the_bytes_of_a_pulled_model(
                                 "The sky is", env=env)
         assert run.returncode == 0 and run.stdout.strip(), run.stderr
         assert not [r for r in hub.requests if "evil-org" in r.path]
+        status = json.loads(private_gemma_cli("outdated", "--json", env=env).stdout)
+        assert [(s["name"], s["status"]) for s in status] == [(GEMMA, "current")]
 
 
 def test_a_pinned_shipped_entry_is_held_until_accepted(hcli: Cli, hub: HubDouble) -> None:

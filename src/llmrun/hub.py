@@ -137,6 +137,22 @@ def file_info(repo: str, path: str, revision: str) -> tuple[str, RemoteFile]:
     return str(meta.commit_hash or revision), RemoteFile(path, meta.size, sha)
 
 
+def paths_info(repo: str, paths: list[str], revision: str) -> dict[str, RemoteFile]:
+    """Size and LFS sha256 of some files at ``revision`` (one request); a path the Hub does not
+    have is left out."""
+    try:
+        entries = _api().get_paths_info(repo, paths, revision=revision)
+    except Exception as exc:
+        raise translate(exc, f"hf.co/{repo}") from None
+    out = {}
+    for e in entries:
+        path, size = getattr(e, "path", ""), getattr(e, "size", None)
+        if path in paths and size is not None:
+            lfs = getattr(e, "lfs", None)
+            out[path] = RemoteFile(path, size, getattr(lfs, "sha256", None) if lfs else None)
+    return out
+
+
 def download_small(repo: str, path: str, revision: str, max_bytes: int) -> tuple[str, str]:
     """Fetch a small file (the published registry) into the Hugging Face cache, the way any Hub
     file is cached; returns (commit, local path). The commit is resolved first, so a network

@@ -155,31 +155,25 @@ def check_space(plan: Plan, blobs: Path, events: Events) -> None:
 
 
 def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -> Manifest:
+    """Pull ``ref``, or update it when it is pulled and a newer version is known (outdated.py):
+    the new files are downloaded and verified beside the old ones, the record then moves to
+    them, and only then are the old files removed."""
     from . import hub
-    from .refs import HubRef
 
     store = Store(settings.home)
-    # already pulled: no network at all (works offline). An untagged Hub reference means the
-    # default quant, as with llama.cpp's -hf: another quant of the repo being present does
-    # not count, so the plan (which asks the Hub) decides
+    plan = None
     if not force:
-        if isinstance(ref, HubRef) and ref.quant is None:
-            from dataclasses import replace
-
-            from .quants import DEFAULT_TAGS
-
-            # the first default tag, when pulled, is the default whatever else the repo has;
-            # offline nothing better can be known than what is pulled
-            existing = store.find(replace(ref, quant=DEFAULT_TAGS[0])) or (
-                store.find(ref) if hub.is_offline() else None)
-        else:
-            existing = store.find(ref)
+        existing = _pulled_copy(ref, store)
         if existing is not None:
-            return existing
-    plan = make_plan(ref, offline=hub.is_offline())
-    existing = store.get(plan.name)
-    if existing and not force and all(Path(f.local).exists() for f in existing.files):
-        return existing
+            plan = _update_plan(ref, existing, events)
+            if plan is None:
+                return existing
+    if plan is None:
+        plan = make_plan(ref, offline=hub.is_offline())
+    previous = store.get(plan.name)
+    if previous and not force and all(Path(f.local).exists() for f in previous.files) \
+            and same_files(plan, previous):
+        return previous
     blobs = repo_dir(plan.repo) / "blobs"
     events.plan(plan, repo_dir(plan.repo))
     check_space(plan, blobs, events)
@@ -193,8 +187,76 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     manifest = Manifest(plan.name, plan.kind, plan.repo, plan.revision, plan.quant, stored,
                         plan.source)
     store.save(manifest)
+    if previous is not None:
+        kept = store.retire(previous)
+        if kept:
+            events.warn(f"the previous files of {plan.name} are loaded by a running llmrun "
+                        "process and were kept; `llmrun prune` removes them once it stops")
     _check_registry_facts(ref, stored, events)
     return manifest
+
+
+def _pulled_copy(ref: Ref, store: Store) -> Manifest | None:
+    """The complete pulled copy of ``ref``, found with no network at all (works offline). An
+    untagged Hub reference means the default quant, as with llama.cpp's -hf: another quant of
+    the repo being present does not count, so the plan (which asks the Hub) decides."""
+    from . import hub
+
+    if isinstance(ref, HubRef) and ref.quant is None:
+        from dataclasses import replace
+
+        from .quants import DEFAULT_TAGS
+
+        # the first default tag, when pulled, is the default whatever else the repo has;
+        # offline nothing better can be known than what is pulled
+        return store.find(replace(ref, quant=DEFAULT_TAGS[0])) or (
+            store.find(ref) if hub.is_offline() else None)
+    return store.find(ref)
+
+
+def _update_plan(ref: Ref, existing: Manifest, events: Events) -> Plan | None:
+    """The plan that updates a pulled model, or None to keep it. A registry entry that names
+    other bytes is an update known offline; an entry that pins its files (a commit or every
+    sha256) and a Hub reference at a commit have none; anything else asks the Hub (one
+    metadata round), and a failed check keeps the pulled copy with a warning."""
+    from . import hub
+    from .outdated import pinned, registry_change
+
+    change = None
+    if isinstance(ref, RegistryRef):
+        found = registry_change(existing, ref.entry, ref.quant)
+        change = found[0] if found else None
+        if change is None and pinned(ref.entry, ref.quant):
+            return None
+    elif isinstance(ref, HubRef):
+        if ref.revision is not None and ref.revision == existing.revision:
+            return None
+    else:
+        return None
+    if hub.is_offline():
+        if change:
+            events.warn(f"{existing.name}: {change}, but HF_HUB_OFFLINE is set: using the "
+                        "pulled copy")
+        return None
+    try:
+        plan = make_plan(ref, offline=False)
+    except LlmrunError as exc:
+        if change:
+            raise
+        events.warn(f"could not check {ref.display} for an update ({exc.message}); using the "
+                    "pulled copy")
+        return None
+    return None if same_files(plan, existing) else plan
+
+
+def same_files(plan: Plan, m: Manifest) -> bool:
+    """Whether the plan names the files the manifest holds: same repo, paths and sha256 (a file
+    with no known sha256: same commit)."""
+    have = {f.path: f.sha256 for f in m.files}
+    if (m.repo or "").lower() != plan.repo.lower() or set(have) != {f.path for f in plan.files}:
+        return False
+    return all(f.sha256 == have[f.path] if f.sha256 else plan.revision == m.revision
+               for f in plan.files)
 
 
 def _check_registry_facts(ref: Ref, stored: list[StoredFile], events: Events) -> None:

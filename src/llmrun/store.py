@@ -261,6 +261,35 @@ class Store:
         found += [p for p in self.blobs.glob("sha256-*.gguf") if p.name[7:-5] not in referenced]
         return found
 
+    def retire(self, old: Manifest) -> list[Path]:
+        """After an update saved a new record over ``old`` (same name): remove the old files nothing
+        uses any more, as `rm` would (snapshot links first, then blobs no record and no other
+        snapshot points to). A blob a running llmrun process has loaded is left alone, and
+        returned: with its link gone it is an orphan that `prune` removes once it is free."""
+        from . import inuse
+
+        records = list(self.all())
+        used_links = {f.local for m in records for f in m.files}
+        used_blobs = {Path(f.local).resolve() for m in records for f in m.files}
+        kept: list[Path] = []
+        for f in old.files:
+            if f.local in used_links:  # the new record (or another) links it still
+                continue
+            local = Path(f.local)
+            blob = local.resolve()
+            if local.is_symlink():
+                local.unlink(missing_ok=True)
+                _prune_empty_dirs(local.parent, stop=hub_cache_dir())
+            if blob in used_blobs or _linked_elsewhere(blob) or not blob.is_file() or not (
+                    _inside(blob, hub_cache_dir()) or _inside(blob, self.blobs)):
+                continue
+            with inuse.exclusive([blob]) as busy:
+                if busy:
+                    kept.append(blob)
+                else:
+                    blob.unlink()
+        return kept
+
     def ensure_unused(self, manifest: Manifest) -> None:
         """Raise InUse while a running llmrun process has the model loaded."""
         from . import inuse

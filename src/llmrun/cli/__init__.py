@@ -19,6 +19,7 @@ from .chat import chat_cmd
 from .doctor import doctor_cmd
 from .import_ import import_cmd
 from .list_ import list_cmd
+from .outdated import outdated_cmd
 from .prune import prune_cmd
 from .ps import ps_cmd, stop_cmd
 from .pull import pull_cmd
@@ -65,6 +66,7 @@ app.command("rm")(rm_cmd)
 app.command("catalog")(catalog_cmd)
 app.command("import")(import_cmd)
 app.command("verify")(verify_cmd)
+app.command("outdated")(outdated_cmd)
 app.command("prune")(prune_cmd)
 app.command("serve")(serve_cmd)
 app.command("ps")(ps_cmd)
