@@ -103,3 +103,20 @@ def test_a_real_bash_completes_a_model_name(cli: Cli, tmp_path: Path) -> None:
         child.expect_exact("$ ")
     child.sendline("exit")
     child.expect(pexpect.EOF)
+
+
+def test_a_tab_does_not_load_the_engine(cli: Cli) -> None:
+    """A completion runs on every Tab: registry and store names only, never llama.cpp, the
+    Hub client or the server."""
+    code = ("import os, sys\nsys.argv = ['llmrun']\nimport llmrun.cli as c\n"
+            "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+            "heavy = {'llama_cpp', 'huggingface_hub', 'fastapi', 'uvicorn', 'numpy'}\n"
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}), file=sys.stderr)")
+    env = {**cli.env, "_LLMRUN_COMPLETE": "complete_fish", "_TYPER_COMPLETE_ARGS":
+           "llmrun run qwen3:", "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert "qwen3:4b" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
