@@ -87,6 +87,14 @@ class SamplingDefaults(_Strict):
 Capability = Literal["thinking", "tools", "vision", "embedding"]
 ChatFormat = Literal["gemma", "llama-2", "llama-3", "chatml", "mistral-instruct", "vicuna",
                      "zephyr", "phi-3"]
+Pooling = Literal["mean", "cls", "last"]
+
+
+class EmbedPrompts(_Strict):
+    """Prefixes an embedding model's card asks for, by task (`llmrun embed --task`)."""
+
+    query: str = Field("", max_length=1024)
+    document: str = Field("", max_length=1024)
 
 
 class Entry(_Strict):
@@ -110,6 +118,14 @@ class Entry(_Strict):
     ctx: int | None = Field(None, ge=512, description="default context for run/chat/serve "
                             "(reasoning traces overflow 4096), lowered when memory is short")
     defaults: SamplingDefaults = SamplingDefaults()
+    # embedding models (capability "embedding"): llmrun embed and serve's /v1/embeddings
+    pooling: Pooling | None = Field(
+        None, description="how token vectors become one, when the GGUF does not say")
+    embedding_dim: int | None = Field(None, gt=0, description="the vector's length")
+    dims: list[int] = Field(default_factory=list, description="Matryoshka sizes the vector "
+                            "may be cut to (--dims, `dimensions`)")
+    normalize: bool | None = Field(None, description="L2-normalize vectors (default true)")
+    prompts: EmbedPrompts | None = Field(None, description="prefixes by task (--task)")
     notes: str = ""
 
     @field_validator("repo")
@@ -130,6 +146,19 @@ class Entry(_Strict):
         if self.reasoning is not None and "thinking" not in self.capabilities:
             raise ValueError("an entry with a reasoning format must list the 'thinking' "
                              "capability")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_fields(self) -> Entry:
+        given = [k for k in ("pooling", "embedding_dim", "normalize", "prompts")
+                 if getattr(self, k) is not None] + (["dims"] if self.dims else [])
+        if given and "embedding" not in self.capabilities:
+            raise ValueError(f"{', '.join(given)}: only for an entry with the 'embedding' "
+                             "capability")
+        if any(d <= 0 for d in self.dims) or len(set(self.dims)) != len(self.dims):
+            raise ValueError("dims must be distinct positive sizes")
+        if self.embedding_dim is not None and any(d > self.embedding_dim for d in self.dims):
+            raise ValueError(f"dims cannot exceed embedding_dim ({self.embedding_dim})")
         return self
 
     @property

@@ -17,6 +17,7 @@ from .cache import cache_app
 from .catalog import catalog_cmd
 from .chat import chat_cmd
 from .doctor import doctor_cmd
+from .embed import embed_cmd
 from .import_ import import_cmd
 from .list_ import list_cmd
 from .outdated import outdated_cmd
@@ -58,6 +59,7 @@ def _root(
 
 app.command("run")(run_cmd)
 app.command("chat")(chat_cmd)
+app.command("embed")(embed_cmd)
 app.command("pull")(pull_cmd)
 app.command("list")(list_cmd)
 app.command("ls", hidden=True)(list_cmd)

@@ -50,7 +50,10 @@ def _affordable_ctx(info: GGUFInfo, preferred: int, parts: list[Path],
 class Model:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None = None,
                  debug: bool = False, name: str | None = None,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None,
+                 context: dict[str, Any] | None = None) -> None:
+        """``context``: more llama_cpp.Llama context arguments (engine/embed.py's embedding
+        mode: embedding, pooling_type, n_ubatch)."""
         self.path = path
         self.name = name or path.name
         self._pieces: prompt_pieces.PieceTokenizer | None = None
@@ -113,7 +116,7 @@ class Model:
                     # llama.cpp's own default is "auto" (on wherever supported, CPU included);
                     # llama-cpp-python offers only on/off, so on it is, like llama-cli
                     flash_attn=opts.flash_attn if opts.flash_attn is not None else True,
-                    use_mmap=opts.use_mmap, verbose=debug)
+                    use_mmap=opts.use_mmap, verbose=debug, **(context or {}))
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
             failure = "out of memory" if isinstance(exc, MemoryError) else str(exc)
         if failure is not None:  # out of the except block: the half-built Llama is gone
