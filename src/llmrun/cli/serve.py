@@ -35,6 +35,7 @@ def parse_duration(text: str) -> float:
 def _resolve(name: str) -> ModelSpec:
     """A pulled (or imported) model by name. Paths are refused: clients pick models, not
     files."""
+    from ..embeddings import EmbedFacts
     from ..server.models import ModelSpec
 
     found = common.resolver().local(name, pull=None, paths=False)
@@ -44,7 +45,8 @@ def _resolve(name: str) -> ModelSpec:
     return ModelSpec(display, path, entry.chat_format if entry else None, defaults,
                      ctx_default=entry.ctx if entry else None,
                      reasoning=entry.reasoning if entry else None,
-                     chat_template=found.manifest.chat_template if found.manifest else None)
+                     chat_template=found.manifest.chat_template if found.manifest else None,
+                     embed=EmbedFacts.of(entry))
 
 
 def _list_models() -> list[tuple[str, int]]:
@@ -87,7 +89,8 @@ def serve_cmd(
     threads: gen.Threads = None, parallel: Parallel = None,
 ) -> None:
     """Serve pulled models over an OpenAI-compatible HTTP API (/v1/chat/completions,
-    /v1/completions, /v1/models, /health). Logs one line per request on stderr."""
+    /v1/completions, /v1/embeddings, /v1/models, /health). Logs one line per request on
+    stderr."""
     s = common.settings()
     host = host or s.host
     port = s.port if port is None else port

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API: ``create_app(config)`` builds a FastAPI app with no module
 globals. Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``
-(streamed as server-sent events ending in ``data: [DONE]``, or whole), ``GET /health``.
+(streamed as server-sent events ending in ``data: [DONE]``, or whole), ``POST /v1/embeddings``,
+``GET /health``.
 
 Generation runs in the model pool's worker threads (models.py); this module validates, queues,
 streams, turns every failure into the OpenAI error envelope and stops work for clients that
@@ -16,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 from fastapi import FastAPI, Request
@@ -24,14 +25,32 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..datatypes import Result
-from ..errors import ContextOverflow, LlmrunError, NotFound, UsageError
+from ..errors import ContextOverflow, LlmrunError, ModelError, NotFound, UsageError
 from ..formats import Delta, text_deltas
 from ..reply import ReplyStream, plan_chat
 from . import http, schemas, security
 from .http import to_api_error
 from .metrics import Metrics
-from .models import Busy, Done, Engine, Event, Failed, Job, Loader, ModelSpec, Piece, Pool
-from .schemas import ApiError, ChatRequest, CompletionRequest, Renderer
+from .models import (
+    Busy,
+    Done,
+    EmbedEngine,
+    Engine,
+    Event,
+    Failed,
+    Job,
+    Loader,
+    ModelSpec,
+    Piece,
+    Pool,
+    Prepare,
+)
+from .schemas import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, Renderer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..embeddings import EmbedFacts
 
 log = logging.getLogger("llmrun.server")
 MAX_BODY = 8 * 1024 * 1024
@@ -70,6 +89,16 @@ def _record(state: Any, result: Result) -> None:
     state.completion_tokens = result.completion_tokens
 
 
+def _dims(dims: int | None, dim: int | None, facts: EmbedFacts, name: str) -> int | None:
+    """embeddings.check_dims, its refusal a 400 on ``dimensions``."""
+    from ..embeddings import check_dims
+
+    try:
+        return check_dims(dims, dim, facts, name)
+    except UsageError as exc:
+        raise ApiError(400, exc.message, param="dimensions", code="invalid_value") from None
+
+
 def _check_limit(engine: Engine, limit: int | None) -> None:
     if limit is not None and limit > engine.n_ctx:
         raise ApiError(400, f"max_tokens is {limit} but the model's context is {engine.n_ctx}",
@@ -83,6 +112,7 @@ class Api:
                          keep_alive=config.keep_alive)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.resolved: dict[str, str] = {}  # requested name -> canonical name, once resolved
+        self.embeddable: set[Path] = set()  # model files checked for /v1/embeddings
 
     def stop_generating(self) -> None:
         """Thread- and signal-safe: end all generations now (the server is stopping), so that
@@ -233,6 +263,86 @@ class Api:
 
         return await self.generate(request, spec, prepare, "text", req)
 
+    async def embeddings(self, request: Request) -> Response:
+        """OpenAI's /v1/embeddings: all inputs of a request in one pass of the model loaded
+        for embeddings (engine/embed.py), normalized and cut as embeddings.py says."""
+        from ..embeddings import Embedded, EmbedFacts, finish
+
+        req = schemas.parse(EmbeddingRequest, await http.read_body(request, self.config.max_body))
+        request.state.model = req.model
+        spec = replace(await self.resolve(req.model), mode="embed")
+        facts = spec.embed or EmbedFacts()
+        await self.can_embed(spec, facts)
+        _dims(req.dimensions, None, facts, spec.name)  # what can be refused before a load
+        texts = [facts.prefix(req.task) + t for t in req.texts]
+        done: list[Embedded] = []
+
+        def prepare(engine: Engine, result: Result) -> Iterator[Delta]:
+            model = cast(EmbedEngine, engine)
+            cut = _dims(req.dimensions, model.dim, facts, spec.name)
+            try:
+                got = model.embed(texts)
+            except ContextOverflow as exc:
+                raise ApiError(400, exc.message, param="input",
+                               code="context_length_exceeded") from None
+            result.prompt_tokens = got.tokens
+            done.append(Embedded(finish(got.vectors, normalize=facts.normalizes(None), dims=cut),
+                                 got.tokens))
+            return iter(())
+
+        ev = await self.whole(request, spec, prepare)
+        if not isinstance(ev, Response):
+            return JSONResponse(schemas.embedding_response(
+                spec.name, done[0].vectors, done[0].tokens, req.encoding_format))
+        return ev
+
+    async def can_embed(self, spec: ModelSpec, facts: EmbedFacts) -> None:
+        """A reranker or an encoder-decoder model is a 400 before anything loads."""
+        from .. import gguf_file
+        from ..embeddings import choose_pooling
+
+        if spec.path in self.embeddable:
+            return
+        try:
+            info = await asyncio.to_thread(gguf_file.read_info, spec.path)
+            choose_pooling(info, facts, spec.name)
+        except ModelError as exc:
+            raise ApiError(400, exc.message, param="model", code="model_cannot_embed") from None
+        self.embeddable.add(spec.path)
+
+    async def whole(self, request: Request, spec: ModelSpec, prepare: Prepare) -> Response | None:
+        """Run a job that answers nothing until it is done (embeddings): None when it is, the
+        response to give instead when the client left."""
+        state = request.state
+        holder: list[Job] = []
+
+        async def run() -> Event:
+            job = await self.pool.submit(spec, prepare)
+            holder.append(job)
+            ev = await job.events.get()
+            while isinstance(ev, Piece):
+                ev = await job.events.get()
+            return ev
+
+        try:
+            ev = await http.unless_disconnected(request.receive, run())
+        except Busy as exc:
+            state.note = "queue full"
+            raise ApiError(503, str(exc) or "server busy: too many queued requests, retry later",
+                           type="server_error", code="server_busy",
+                           headers={"Retry-After": "1"}) from None
+        except http.ClientGone:
+            if holder:
+                await self.stop(holder[0], state)
+            return Response(status_code=499)
+        if isinstance(ev, Failed):
+            raise to_api_error(ev.error)
+        assert isinstance(ev, Done)
+        _record(state, ev.result)
+        if ev.cancelled:
+            raise _cancelled(holder[0] if holder else None)
+        return None
+
     async def models(self) -> list[dict[str, Any]]:
         found = await asyncio.to_thread(self.config.list_models)
         return [{"id": name, "object": "model", "created": created, "owned_by": "llmrun"}
@@ -321,6 +431,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])
+    app.add_api_route("/v1/embeddings", api.embeddings, methods=["POST"])
     security.install(app, bound_host=config.host, api_key=config.api_key,
                      cors_origins=config.cors_origins)
     app.add_middleware(http.RequestLog, metrics=metrics)

@@ -24,16 +24,22 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import errors
 from ..datatypes import LoadOptions, Result, Sampling
 from ..errors import LlmrunError, ModelError, context_overflow
 
+if TYPE_CHECKING:
+    from ..embeddings import Embedded
+
 
 class ChildEngine:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None, debug: bool,
-                 name: str, parallel: int = 1, chat_template: str | None = None) -> None:
+                 name: str, parallel: int = 1, chat_template: str | None = None,
+                 embed: dict[str, Any] | None = None) -> None:
+        """``embed``: load the model for embeddings (engine/embed.py) with these registry
+        facts (embeddings.EmbedFacts.as_dict), instead of for generation."""
         self.name, self.dead = name, False
         self.parallel = parallel
         self._streams: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}
@@ -54,8 +60,9 @@ class ChildEngine:
         try:
             loaded = self._call("load", path=str(path), opts=dataclasses.asdict(opts),
                                 chat_format=chat_format, debug=debug, name=name,
-                                parallel=parallel, chat_template=chat_template)
+                                parallel=parallel, chat_template=chat_template, embed=embed)
             self.n_ctx = int(loaded["n_ctx"])
+            self.dim = int(loaded.get("dim") or 0)
             self._trained: int | None = loaded.get("trained")
             self.memory_warning: str | None = loaded["memory_warning"]
             self.notice: str | None = loaded.get("notice")
@@ -175,6 +182,13 @@ class ChildEngine:
             if not done and not self.dead:  # stopped early: end it in the child too
                 with contextlib.suppress(LlmrunError):
                     _fill(res, self._request({"op": "close"})["done"])
+
+    def embed(self, texts: list[str], *, truncate: bool = False) -> Embedded:
+        """Pooled vectors (not normalized) for ``texts``, as float32 through the pipe."""
+        from ..embeddings import Embedded, from_b64
+
+        got = self._call("embed", texts=texts, truncate=truncate)
+        return Embedded(from_b64(str(got["data"]), len(texts)), int(got["tokens"]))
 
     def close(self) -> None:
         """End the child (it exits when its input closes) and free everything it held."""
@@ -331,6 +345,8 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
             logging.getLogger("llmrun").addHandler(handler)
             logging.getLogger("llmrun").setLevel(logging.DEBUG)
 
+        if req.get("embed") is not None:
+            return _load_embedder(state, req)
         state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
                                chat_format=req["chat_format"], debug=req["debug"],
                                name=req["name"], chat_template=req.get("chat_template"))
@@ -343,6 +359,11 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
                           "trained": state["model"].info.context_length,
                           "memory_warning": state["model"].memory_warning,
                           "notice": state["model"].notice}}
+    if op == "embed":
+        from ..embeddings import b64
+
+        got = state["embedder"].embed(req["texts"], truncate=bool(req.get("truncate")))
+        return {"value": {"data": b64(got.vectors), "tokens": got.tokens}}
     model = state["model"]
     if op == "format_chat":
         return {"value": model.format_chat(req["messages"], tools=req.get("tools"),
@@ -376,6 +397,18 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
         state["pieces"].close()
         return {"done": dataclasses.asdict(state["result"])}
     raise ValueError(f"unknown request {op!r}")
+
+
+def _load_embedder(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    from ..embeddings import EmbedFacts
+    from ..engine.embed import Embedder
+
+    embedder = state["embedder"] = Embedder(
+        Path(req["path"]), LoadOptions(**req["opts"]), facts=EmbedFacts.from_dict(req["embed"]),
+        debug=req["debug"], name=req["name"])
+    notice = "; ".join(n for n in (embedder.notice, embedder.note) if n) or None
+    return {"value": {"n_ctx": embedder.n_ctx, "trained": embedder.trained, "dim": embedder.dim,
+                      "memory_warning": embedder.memory_warning, "notice": notice}}
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 from .worker import (
     Busy,
     Done,
+    EmbedEngine,
     Engine,
     Event,
     Failed,
@@ -33,8 +34,8 @@ from .worker import (
     engine_loader,
 )
 
-__all__ = ["Busy", "Done", "Engine", "Event", "Failed", "Job", "Loader", "ModelSpec", "Piece",
-           "Pool", "Prepare", "engine_loader"]
+__all__ = ["Busy", "Done", "EmbedEngine", "Engine", "Event", "Failed", "Job", "Loader",
+           "ModelSpec", "Piece", "Pool", "Prepare", "engine_loader"]
 log = logging.getLogger("llmrun.server")
 
 
@@ -56,7 +57,7 @@ class Pool:
         """Queue a generation; raises Busy when the queue is full."""
         if self.closing:
             raise Busy("the server is shutting down")
-        slot = self._slots.get(spec.name)
+        slot = self._slots.get(spec.key)
         if slot is None:
             if self._opening >= self.queue_size:
                 raise Busy
@@ -71,7 +72,7 @@ class Pool:
         self._jobs.add(job)
         slot.waiting += 1
         slot.active += 1
-        self._slots.move_to_end(spec.name)
+        self._slots.move_to_end(spec.key)
         slot.jobs.put(job)
         return job
 
@@ -96,11 +97,11 @@ class Pool:
         loop = asyncio.get_running_loop()
         self._start_reaper()
         while True:
-            slot = self._slots.get(spec.name)
+            slot = self._slots.get(spec.key)
             if slot is not None:
                 return slot
             if len(self._slots) < self.max_loaded:
-                slot = self._slots[spec.name] = Slot(self, spec, loop)
+                slot = self._slots[spec.key] = Slot(self, spec, loop)
                 slot.thread.start()
                 return slot
             idle = next((s for s in self._slots.values() if s.active == 0), None)
@@ -110,12 +111,15 @@ class Pool:
             await self._wait_change()
 
     def loaded_spec(self, name: str) -> ModelSpec | None:
-        """The spec of a model that is loading or loaded under this canonical name."""
-        slot = self._slots.get(name)
-        return slot.spec if slot is not None else None
+        """The spec of a model that is loading or loaded under this canonical name (for
+        generation: the embeddings endpoint sets its own mode)."""
+        from dataclasses import replace
+
+        spec = next((s.spec for s in self._slots.values() if s.spec.name == name), None)
+        return replace(spec, mode="generate") if spec is not None else None
 
     def status(self) -> list[dict[str, Any]]:
-        return [{"name": s.spec.name, "loaded": s.loaded, "running": int(s.running),
+        return [{"name": s.spec.key, "loaded": s.loaded, "running": int(s.running),
                  "waiting": s.waiting} for s in self._slots.values()]
 
     def details(self) -> list[dict[str, Any]]:
@@ -128,7 +132,7 @@ class Pool:
             unload = None
             if idle is not None and self.keep_alive >= 0:
                 unload = round(max(0.0, self.keep_alive - idle), 1)
-            found.append({"name": s.spec.name, "state": "ready" if s.loaded else "loading",
+            found.append({"name": s.spec.key, "state": "ready" if s.loaded else "loading",
                           "running": int(s.running), "queued": s.waiting,
                           "memory": _rss(s.pid), "pid": s.pid, "idle_s": idle,
                           "unloads_in_s": unload})
@@ -137,14 +141,13 @@ class Pool:
     async def stop(self, name: str) -> bool:
         """Unload a model now (`llmrun stop`): its queued and running requests end with a
         503 that says so. False when it is not loaded."""
-        slot = self._slots.get(name)
-        if slot is None:
-            return False
-        for job in list(self._jobs):
-            if job.slot is slot:
-                self.cancel(job, reason=f"{name} was unloaded (llmrun stop)")
-        await self._close(slot, timeout=30.0)
-        return True
+        slots = [s for key, s in self._slots.items() if name in (key, s.spec.name)]
+        for slot in slots:  # a name stops its loads for generation and for embeddings
+            for job in list(self._jobs):
+                if job.slot is slot:
+                    self.cancel(job, reason=f"{name} was unloaded (llmrun stop)")
+            await self._close(slot, timeout=30.0)
+        return bool(slots)
 
     async def shutdown(self) -> None:
         if self._reaper is not None:
@@ -155,10 +158,10 @@ class Pool:
     # ---- worker.SlotEvents: what a slot's thread reports (on the loop) ---------------
     def loaded(self, slot: Slot, seconds: float) -> None:
         slot.loaded = True
-        log.info("loaded %s in %.2fs", slot.spec.name, seconds)
+        log.info("loaded %s in %.2fs", slot.spec.key, seconds)
 
     def load_failed(self, slot: Slot, error: BaseException) -> None:
-        log.warning("could not load %s: %s", slot.spec.name, error)
+        log.warning("could not load %s: %s", slot.spec.key, error)
         self._forget(slot)
 
     def crashed(self, slot: Slot, error: BaseException) -> None:
@@ -184,15 +187,15 @@ class Pool:
         slot.last_used = time.monotonic()
         if slot.active == 0:
             self._notify()
-            if self.keep_alive == 0 and self._slots.get(slot.spec.name) is slot:
+            if self.keep_alive == 0 and self._slots.get(slot.spec.key) is slot:
                 task = asyncio.get_running_loop().create_task(self._close(slot))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
     # ---- internals -------------------------------------------------------------------
     def _forget(self, slot: Slot) -> None:
-        if self._slots.get(slot.spec.name) is slot:
-            del self._slots[slot.spec.name]
+        if self._slots.get(slot.spec.key) is slot:
+            del self._slots[slot.spec.key]
             slot.jobs.put(None)  # after every job admitted so far
             self._notify()
 
@@ -200,7 +203,7 @@ class Pool:
         self._forget(slot)
         await asyncio.to_thread(slot.thread.join, timeout)
         if slot.loaded:
-            log.info("unloaded %s", slot.spec.name)
+            log.info("unloaded %s", slot.spec.key)
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -11,12 +11,22 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..datatypes import SAMPLING_KEYS, Result, Sampling, layer_sampling
 from ..formats import Delta
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_STOP = 4
 MAX_STOP_LEN = 256
@@ -307,7 +317,47 @@ class CompletionRequest(GenerateRequest):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-def parse(cls: type[GenerateRequest], body: bytes) -> Any:
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
+TOKEN_IDS = ("token ids are not accepted: send text (each model has its own tokenizer; "
+             "LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
+
+
+class EmbeddingRequest(_Req):
+    model: str = Field(min_length=1, max_length=MAX_NAME)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=1 << 16)
+    user: str | None = Field(None, max_length=MAX_NAME)
+    task: Literal["query", "document"] | None = None  # llmrun's: the registry's prefix
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v:
+                raise ValueError("must not be empty")
+            return v
+        if not isinstance(v, list):
+            raise ValueError("must be a string or an array of strings")
+        if not v:
+            raise ValueError("must not be an empty array")
+        if len(v) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request")
+        if any(isinstance(x, int | list) and not isinstance(x, bool) for x in v):
+            raise ValueError(TOKEN_IDS)
+        for i, x in enumerate(v):
+            if not isinstance(x, str):
+                raise ValueError(f"item {i} is not a string")
+            if not x:
+                raise ValueError(f"item {i} is empty")
+        return v
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def parse(cls: type[_Req], body: bytes) -> Any:
     """Validate a JSON body; any failure is a 400 naming the first bad parameter."""
     try:
         return cls.model_validate_json(body)
@@ -394,3 +444,16 @@ class Renderer:
         body = self._envelope(obj, [])
         body["usage"] = Usage.of(r).model_dump()
         return body
+
+
+def embedding_response(model: str, vectors: np.ndarray, tokens: int,
+                       encoding_format: str) -> dict[str, Any]:
+    """OpenAI's embeddings response; base64 is the float32 little-endian bytes (what the
+    official client decodes)."""
+    from ..embeddings import b64
+
+    data = [{"object": "embedding", "index": i,
+             "embedding": b64(v) if encoding_format == "base64" else v.astype("f8").tolist()}
+            for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

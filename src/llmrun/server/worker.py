@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..datatypes import LoadOptions, Result, Sampling
 from ..errors import LlmrunError, ModelError
 from ..formats import Delta
+
+if TYPE_CHECKING:
+    from ..embeddings import Embedded, EmbedFacts
 
 log = logging.getLogger("llmrun.server")
 
@@ -64,6 +67,15 @@ class Engine(Protocol):
                  result: Result | None = None) -> Iterator[str]: ...
 
 
+class EmbedEngine(Protocol):
+    """A model loaded for embeddings (engine.embed.Embedder, or child.ChildEngine of one)."""
+
+    n_ctx: int
+    dim: int
+
+    def embed(self, texts: list[str], *, truncate: bool = False) -> Embedded: ...
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # canonical name: the pool's key and the API's model id
@@ -73,6 +85,13 @@ class ModelSpec:
     ctx_default: int | None = None  # the registry's preferred context (LoadOptions)
     reasoning: str | None = None  # the registry's reasoning format, over the template's
     chat_template: str | None = None  # imported with the model, over the GGUF's
+    embed: EmbedFacts | None = None  # the registry's word on embedding with it
+    mode: Literal["generate", "embed"] = "generate"  # embed: loaded for /v1/embeddings
+
+    @property
+    def key(self) -> str:
+        """The pool's key: a model loaded for embeddings is a load of its own."""
+        return self.name if self.mode == "generate" else f"{self.name} (embeddings)"
 
 
 Loader = Callable[[ModelSpec], Engine]
@@ -91,6 +110,8 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
         from dataclasses import replace
 
         opts_for = replace(opts, ctx_default=spec.ctx_default)
+        if spec.mode == "embed":
+            return _embed_loader(spec, opts_for, debug=debug, isolate=isolate)
         if isolate:
             from .child import ChildEngine
 
@@ -103,6 +124,23 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
                      name=spec.name, chat_template=spec.chat_template)
 
     return load
+
+
+def _embed_loader(spec: ModelSpec, opts: LoadOptions, *, debug: bool, isolate: bool) -> Engine:
+    """A model loaded in embedding mode (engine/embed.py), in a child process or here."""
+    from typing import cast
+
+    from ..embeddings import EmbedFacts
+
+    facts = spec.embed or EmbedFacts()
+    if isolate:
+        from .child import ChildEngine
+
+        return ChildEngine(spec.path, opts, chat_format=None, debug=debug, name=spec.name,
+                           embed=facts.as_dict())
+    from ..engine.embed import Embedder
+
+    return cast(Engine, Embedder(spec.path, opts, facts=facts, debug=debug, name=spec.name))
 
 
 class Busy(Exception):
