@@ -59,12 +59,18 @@ def registry_change(m: Manifest, entry: Entry, quant: str) -> tuple[str, str] | 
     want = entry.quants.get(quant)
     if want is None:
         return f"the registry no longer lists {quant}", ""
-    have = {f.path: f.sha256 for f in m.files}
+    have = {f.path: f.sha256 for f in m.model_files}
     if {f.path for f in want.files} != set(have):
         return "the registry lists other files", want.files[0].path
     for f in want.files:
         if f.sha256 and f.sha256 != have[f.path]:
             return f"the registry pins another sha256 for {f.path}", f"sha256:{f.sha256[:12]}"
+    proj, held = entry.mmproj, m.mmproj
+    if proj is not None and held is not None and (
+            proj.path != held.path or (proj.sha256 and proj.sha256 != held.sha256)):
+        return "the registry names another vision projector", proj.path
+    if proj is not None and held is None and not m.mmproj_skipped:
+        return "the registry adds a vision projector", proj.path
     return None
 
 

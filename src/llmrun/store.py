@@ -53,6 +53,7 @@ class StoredFile:
     local: str  # absolute path llama.cpp opens (a snapshot symlink or a blob)
     size: int
     sha256: str
+    role: str = "model"  # "mmproj": the vision projector pulled with the model
 
 
 @dataclass
@@ -68,15 +69,33 @@ class Manifest:
         default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
     chat_template: str | None = None  # given at import (`--chat-template`), over the GGUF's
+    mmproj_skipped: bool = False  # pulled with --no-mmproj although it has a projector
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        """The model's bytes (its projector, if any, is apart: ``mmproj``)."""
+        return sum(f.size for f in self.model_files)
+
+    @property
+    def model_files(self) -> list[StoredFile]:
+        """The model's own files (its parts), without the projector."""
+        return [f for f in self.files if f.role != "mmproj"]
+
+    @property
+    def mmproj(self) -> StoredFile | None:
+        """The vision projector pulled with the model, if any (listed after the model's
+        parts in ``files``, so rm, verify, prune and updates treat it like any file)."""
+        return next((f for f in self.files if f.role == "mmproj"), None)
 
     @property
     def model_path(self) -> Path:
         """The file to hand llama.cpp: the first (or only) part."""
-        return Path(self.files[0].local)
+        return Path(self.model_files[0].local)
+
+    @property
+    def mmproj_path(self) -> Path | None:
+        found = self.mmproj
+        return Path(found.local) if found is not None else None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -193,7 +212,15 @@ class Store:
     def checked_path(self, manifest: Manifest) -> Path:
         """The model file, refusing one that now resolves outside the store (a symlink
         planted in the cache), without opening it (T13). Linked imports live elsewhere."""
-        path = manifest.model_path
+        return self._checked(manifest, manifest.model_path)
+
+    def checked_mmproj(self, manifest: Manifest) -> Path | None:
+        """The vision projector pulled with the model (None: it has none), checked the same
+        way as the model file."""
+        path = manifest.mmproj_path
+        return None if path is None else self._checked(manifest, path)
+
+    def _checked(self, manifest: Manifest, path: Path) -> Path:
         if manifest.source != "link":
             real = path.resolve()
             if not (_inside(real, hub_cache_dir()) or _inside(real, self.blobs)):

@@ -66,14 +66,14 @@ class PullEvents:
 
 
 def pull_with_progress(ref: Ref, settings: Settings, *, quiet: bool = False,
-                       force: bool = False) -> Manifest:
+                       force: bool = False, mmproj: bool = True) -> Manifest:
     """Pull with the plan and progress on stderr (`pull`, and every command that pulls a missing
     model first); Ctrl-C says what was kept and the command that resumes it."""
     from ..pull import pull
 
     events = PullEvents(quiet)
     try:
-        return pull(ref, settings, events, force=force)
+        return pull(ref, settings, events, force=force, mmproj=mmproj)
     except KeyboardInterrupt:
         events.close()  # the bar off the screen before the line
         output.info(f"interrupted: what was downloaded is kept; `llmrun pull {ref.display}` "
