@@ -133,3 +133,147 @@ def test_a_vision_entry_must_name_its_projector(hcli: Cli) -> None:
                     .replace("    mmproj: {path: mmproj-x.gguf}\n", "    capabilities: [vision]\n"))
     with pytest.raises(RegistryError, match="must name its mmproj"):
         parse_registry(text.read_text(), "t")
+
+
+# ---- the tiny vision pair, pulled from the Hub double -----------------------------------------
+VREPO = "test-org/tiny-vision-GGUF"
+VREF = f"hf.co/{VREPO}"
+
+
+@pytest.fixture(scope="module")
+def vision_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home and cache where `llmrun pull hf.co/test-org/tiny-vision-GGUF` ran: the tiny
+    model and, by the -hf rule, its projector."""
+    from llmrun.tiny_vision import write_tiny_vision
+
+    root = tmp_path_factory.mktemp("vision")
+    model, mmproj = write_tiny_vision(root / "src")
+    with HubDouble() as h:
+        h.add_file(VREPO, model.name, model.read_bytes())
+        h.add_file(VREPO, mmproj.name, mmproj.read_bytes())
+        h.add_file(VREPO, "README.md", b"# tiny vision\n")
+        proc = Cli(make_env(root, HF_ENDPOINT=h.url), root)("pull", VREF)
+    assert proc.returncode == 0, proc.stderr
+    assert mmproj.name in proc.stderr
+    return root
+
+
+@pytest.fixture
+def vcli(vision_root: Path) -> Cli:
+    return Cli(make_env(vision_root, HF_HUB_OFFLINE="1"), vision_root)
+
+
+VNAME = f"{VREF}:F32"
+
+
+def _image(path: Path, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> Path:
+    from PIL import Image
+
+    img = Image.new("RGB", size)
+    img.putdata([(x * 6 % 256, y * 8 % 256, 90) for y in range(size[1]) for x in range(size[0])])
+    img.save(path, fmt)
+    return path
+
+
+def _bomb(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def _usage(proc: object) -> dict[str, int]:
+    out = json.loads(proc.stdout)  # type: ignore[attr-defined]
+    usage: dict[str, int] = out["usage"]
+    return usage
+
+
+def test_run_image_adds_the_image_tokens_to_the_prompt(vcli: Cli, tmp_path: Path) -> None:
+    from llmrun.tiny_vision import TINY
+
+    png = _image(tmp_path / "a.png")
+    base = ("run", VNAME, "--json", "-n", "3", "--temperature", "0", "What is in it?")
+    without = vcli(*base)
+    assert without.returncode == 0, without.stderr
+    one = vcli(*base, "--image", str(png))
+    assert one.returncode == 0, one.stderr
+    assert one.stderr == ""
+    # the image's positions, <start_of_image> and <end_of_image> (Gemma 3's projector writes
+    # them around it) and the line after the image's place
+    assert _usage(one)["prompt_tokens"] == _usage(without)["prompt_tokens"] + TINY.image_tokens + 3
+    assert _usage(one)["completion_tokens"] == 3
+    two = vcli(*base, "--image", str(png), "-i", str(_image(tmp_path / "b.webp", "WEBP")))
+    assert two.returncode == 0, two.stderr
+    assert _usage(two)["prompt_tokens"] == _usage(one)["prompt_tokens"] + TINY.image_tokens + 3
+    jpeg = vcli("run", VNAME, "-n", "2", "--image", str(_image(tmp_path / "c.jpg", "JPEG")), "Hi")
+    assert jpeg.returncode == 0 and jpeg.stdout.endswith("\n") and jpeg.stdout.strip()
+
+
+def _fake_ffprobe(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    import os
+
+    log = tmp_path / "ffprobe.log"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("ffprobe", "ffmpeg"):
+        (bindir / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\ncat >/dev/null\n"
+                                   "exit 1\n")
+        (bindir / tool).chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, log
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: _image(p / "x.bmp", "BMP"), "is not a PNG, JPEG or WebP image"),
+    (lambda p: _image(p / "x.gif", "GIF"), "is not a PNG, JPEG or WebP image"),
+    (lambda p: (p / "x.png").write_bytes(b"\x00" * 64) and p / "x.png",
+     "is not a PNG, JPEG or WebP image"),
+    (lambda p: (p / "x.png").write_bytes(_image(p / "y.png").read_bytes()[:60]) and p / "x.png",
+     "is corrupt or truncated"),
+    (lambda p: (p / "x.png").write_bytes(b"") or p / "x.png", "is empty"),
+    (lambda p: _bomb(p / "x.png", 10_000, 10_000), "10000x10000 pixels; the limit is 50"),
+    (lambda p: p / "missing.png", "cannot be read: No such file"),
+], ids=["bmp", "gif", "zeros", "truncated", "empty", "bomb", "missing"])
+def test_a_bad_image_is_one_line_and_exit_2_before_native_code(
+        vcli: Cli, tmp_path: Path, make: object, message: str) -> None:
+    env, log = _fake_ffprobe(tmp_path)
+    bad = make(tmp_path)  # type: ignore[operator]
+    proc = vcli("run", VNAME, "-n", "1", "--image", str(bad), "hi", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and proc.stderr.startswith("Error: image ")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not log.exists()  # mtmd never saw the bytes, so never handed them to ffprobe
+
+
+def test_an_image_over_the_byte_limit_is_refused(vcli: Cli, tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * (20 * 2**20))
+    proc = vcli("run", VNAME, "--image", str(big), "hi")
+    assert proc.returncode == 2 and "the limit is 20 MiB" in proc.stderr
+
+
+def test_a_url_needs_the_flag_and_a_model_without_projector_is_refused(
+        vcli: Cli, gemma_cli: Cli, tmp_path: Path) -> None:
+    png = _image(tmp_path / "a.png")
+    proc = vcli("run", VNAME, "--image", "http://127.0.0.1:9/a.png", "hi")
+    assert proc.returncode == 2 and "only with --allow-image-urls" in proc.stderr
+    proc = gemma_cli("run", "gemma3:270m-base", "--image", str(png), "hi")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0] == "Error: gemma3:270m-base has no vision projector"
+    assert "Traceback" not in proc.stderr
+
+
+def test_user_text_cannot_stand_for_an_image(vcli: Cli, tmp_path: Path) -> None:
+    png = _image(tmp_path / "a.png")
+    proc = vcli("run", VNAME, "--json", "-n", "1", "--image", str(png),
+                "<__media__> two <__media__>")
+    assert proc.returncode == 0, proc.stderr
+    plain = vcli("run", VNAME, "--json", "-n", "1", "--image", str(png), " two ")
+    assert _usage(proc)["prompt_tokens"] == _usage(plain)["prompt_tokens"]

@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .datatypes import Result, Sampling
 from .errors import AuthError, ContextOverflow, LlmrunError, NetworkError, NotFound, UsageError
 from .formats import Delta
 from .session import Message, Turn
+
+if TYPE_CHECKING:
+    from .images import Image
 
 EXTRA_SAMPLING = ("top_k", "min_p", "repeat_penalty")  # llama.cpp/vLLM fields, not OpenAI's
 
@@ -104,9 +107,18 @@ class RemoteSession:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return "/v1/chat/completions", {**body, "messages": head + self.messages}
 
-    def ask(self, text: str) -> Turn:
+    def ask(self, text: str, images: list[Image] | None = None) -> Turn:
+        """``images`` go to the server as data: URLs in image_url parts, before the text."""
         result = self.last = Result(usage_known=False)
-        if not self.raw:
+        if images and self.raw:
+            raise UsageError("images need the chat template: drop --raw")
+        if images:
+            parts: list[dict[str, Any]] = [
+                {"type": "image_url", "image_url": {"url": image.data_url()}}
+                for image in images]
+            self.messages.append({"role": "user",
+                                  "content": [*parts, {"type": "text", "text": text}]})
+        elif not self.raw:
             self.messages.append({"role": "user", "content": text})
         return Turn(self._stream(text, result), result)
 

@@ -23,15 +23,16 @@ from typing import Any
 
 from .datatypes import Result, Sampling
 from .engine import PREFILL_PIECE, Model
-from .errors import ContextOverflow, UsageError
+from .errors import UsageError
 from .formats import Delta, ReplyFormat, text_deltas
 from .formats.detect import opens_reasoning
 from .formats.messages import for_template
+from .images import MEDIA_MARKER, Image, strip_marker, with_images
 from .prefix_cache import PrefixCache, common_prefix
 from .readahead import ReadAhead
 from .reply import ReplySpec, ReplyStream, Think, reply_format, thinking_variables
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role, content; a user message may hold "images" (images.Image)
 _NEXT = "\ue000llmrun-next-message\ue000"  # stands in for the message not typed yet
 _WORDS = re.compile(r"(.*\S)\s+\S*$", re.DOTALL)  # a draft up to its last whitespace
 WORD_DELAY_S = 0.05  # a burst of keystrokes costs one read-ahead of the finished words
@@ -95,8 +96,24 @@ class Session:
 
     def _tokens(self, messages: list[Message] | None = None) -> list[int]:
         """The prompt for ``messages`` (default: the conversation as it stands)."""
-        text = self._render(self._all_messages() if messages is None else messages)
-        return self.model.tokenize(text, templated=True)
+        messages = self._all_messages() if messages is None else messages
+        tokens: list[int] = self._engine(messages).tokenize(self._render(messages),
+                                                             templated=True)
+        return tokens
+
+    def _engine(self, messages: list[Message]) -> Any:
+        """The Model, or with images in ``messages`` the Model seen through its projector
+        (engine/vision.py)."""
+        found = _images(messages)
+        if not found:
+            return self.model
+        from .engine.vision import VisionEngine
+
+        return VisionEngine(self.model, found)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(_images(self.messages))
 
     def _fit(self) -> tuple[list[int], int]:
         dropped = 0
@@ -117,7 +134,7 @@ class Session:
         that really matches. The thread lives until settle() or abort(): call one before
         dropping the session, or it keeps the model loaded."""
         self.settle()
-        if self.raw:
+        if self.raw or self.has_images:  # (a guess would stop at the first image anyway)
             return
         if self.messages:  # from the second turn on, a turn tokenizes only its new text
             self.model.remember_prompt_pieces()
@@ -195,10 +212,18 @@ class Session:
         self.settle()
         return len(self._opening()) if self.messages or self.system else 0
 
-    def ask(self, text: str) -> Turn:
-        """Add a user message and start the reply (appended to history when complete)."""
+    def ask(self, text: str, images: list[Image] | None = None) -> Turn:
+        """Add a user message (with ``images`` before its text, for a model with a vision
+        projector) and start the reply (appended to history when complete)."""
         self.settle()
         result = self.last = Result()
+        if images and self.model.projector is None:
+            raise UsageError(f"{self.model.name} has no vision projector",
+                         hint="use a vision model, e.g. `llmrun run gemma3:4b --image FILE "
+                              "\"Describe it\"`")
+        if images and self.raw:
+            raise UsageError("images need the chat template: drop --raw")
+        text = strip_marker(text)  # typed in, the marker would stand for an image
         if self.raw:
             tokens = self.model.tokenize(text, templated=False)
             self.model.check_fits(len(tokens))  # before any of it is evaluated
@@ -209,21 +234,26 @@ class Session:
             pieces = text_deltas(self.model.generate(tokens, self.sampling, result))
             return Turn(_booked(pieces, result, ahead), result)
         fmt, _ = self.reply_format()
-        self.messages.append({"role": "user", "content": text})
+        message: Message = {"role": "user", "content": text}
+        if images:
+            message = {"role": "user", "content": with_images(text, len(images)),
+                       "images": list(images)}
+        self.messages.append(message)
         try:
             tokens, dropped = self._fit()
             self.model.check_fits(len(tokens))
-        except ContextOverflow:
+        except BaseException:
             self.messages.pop()
             raise
         prompt = self._render(self._all_messages())
-        ahead = self._head_first(tokens, common_prefix(self._opening(self._all_messages()[:-1]),
-                                                       tokens), result)
+        engine = self._engine(self._all_messages())
+        ahead = (0, 0.0) if engine is not self.model else self._head_first(
+            tokens, common_prefix(self._opening(self._all_messages()[:-1]), tokens), result)
         sampling = Sampling(**{**self.sampling.__dict__,
                                "stop": self.sampling.stop + self.model.chat_stops()})
         spec = ReplySpec(fmt=fmt, in_reasoning=opens_reasoning(prompt, fmt),
                          thinking=self.think is not False, budget=self.budget)
-        stream = ReplyStream(self.model, prompt, tokens, sampling, spec, result)
+        stream = ReplyStream(engine, prompt, tokens, sampling, spec, result)
         return Turn(_booked(self._record(iter(stream), result), result, ahead), result,
                     dropped)
 
@@ -306,7 +336,7 @@ class Session:
         opening of the next user turn, for `chat --continue`. (A prompt's head is kept as soon
         as it is evaluated, in _head_first.)"""
         if self.prefix_cache is None or not self.model_sha or not self.trim or self.raw or (
-                not self.messages):
+                not self.messages) or self.has_images:
             return
         self.settle()
         head = self._opening()
@@ -323,8 +353,12 @@ class Session:
         self.messages.clear()
 
     def save(self, path: Path) -> None:
+        """The conversation as JSON; an image is kept as the text "[image]" (its pixels are
+        not saved)."""
+        messages = [{"role": m["role"], "content": m["content"].replace(
+            MEDIA_MARKER, "[image]")} for m in self.messages]
         data: dict[str, Any] = {"model": self.model.name, "system": self.system,
-                                "messages": self.messages}
+                                "messages": messages}
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def load(self, path: Path) -> None:
@@ -344,6 +378,11 @@ def load_transcript(path: Path, system: str | None) -> tuple[str | None, list[Me
         raise UsageError(f"{path} is not an llmrun transcript")
     return (data.get("system") or system,
             [{"role": m["role"], "content": m["content"]} for m in messages])
+
+
+def _images(messages: list[Message]) -> list[Image]:
+    """The images of ``messages``, in the order the prompt shows them."""
+    return [image for m in messages for image in m.get("images") or ()]
 
 
 def _booked(deltas: Iterator[Delta], result: Result, ahead: tuple[int, float]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..client import RemoteSession
     from ..datatypes import Result, Sampling
     from ..engine import Model
+    from ..images import Image
     from ..registry import Entry
     from ..reply import Think as Think_
     from ..session import Session
@@ -69,6 +70,12 @@ NoPull = Annotated[bool, typer.Option("--no-pull", help="fail instead of pulling
 Endpoint = Annotated[str | None, typer.Option(
     "--endpoint", help="an OpenAI-compatible server (e.g. http://gpu-box:8000) to use instead "
     "of a local model [env LLMRUN_ENDPOINT, else OPENAI_BASE_URL]")]
+Images = Annotated[list[str] | None, typer.Option(
+    "--image", "-i", metavar="FILE", help="an image for a vision model (PNG, JPEG or WebP; "
+    "repeatable), before the prompt's text")]
+AllowImageUrls = Annotated[bool, typer.Option(
+    "--allow-image-urls", help="let --image be an http(s) URL, fetched by llmrun (10 s, "
+    "20 MiB at most)")]
 ApiKey = Annotated[str | None, typer.Option(
     "--api-key", help="Bearer token for --endpoint [env LLMRUN_API_KEY; OPENAI_API_KEY goes "
     "only to OPENAI_BASE_URL or api.openai.com]")]
@@ -172,8 +179,17 @@ def _with_defaults(sampling: Sampling, f: Flags, defaults: Mapping[str, Any]) ->
     return replace(sampling, **{k: getattr(layered, k) for k in SAMPLING_KEYS})
 
 
+def read_images(names: list[str] | None, allow_urls: bool) -> list[Image]:
+    """--image values, each read and checked (images.py) before any model is loaded."""
+    from ..images import load
+
+    return [load(name, allow_urls=allow_urls) for name in names or []]
+
+
 def open_session(model: str, f: Flags, *, system: str | None,
-                 trim: bool = False) -> AnySession:
+                 trim: bool = False, vision: bool | None = None) -> AnySession:
+    """``vision``: True when images will be sent (the model must have a projector); None:
+    the projector is loaded when the model has one (chat); False: never (run, text only)."""
     from ..session import Session
     from ..settings import remote
 
@@ -193,12 +209,15 @@ def open_session(model: str, f: Flags, *, system: str | None,
                              warn=output.warn, think=think)
     if f.raw and system:
         raise UsageError("--system has no effect with --raw (no chat template is used)")
+    if f.raw and vision:
+        raise UsageError("--image needs the chat template: drop --raw")
     sampling = _sampling(f)  # validate flags before a pull or a load
     path, name, entry = common.ensure_local(model, no_pull=f.no_pull)
     if entry is not None:
         sampling = _with_defaults(sampling, f, entry.defaults.model_dump())
+    mmproj = _projector(name, entry, required=bool(vision)) if vision is not False else None
     loaded = load_model(path, name, entry, ctx=f.ctx, gpu_layers=f.gpu_layers,
-                        threads=f.threads, verbose=f.verbose)
+                        threads=f.threads, verbose=f.verbose, mmproj=mmproj)
     if entry is not None and not entry.instruct:  # the registry knows it is a base model
         if not f.raw:
             output.warn(f"{name} is a base model (not instruction-tuned): it continues text "
@@ -219,6 +238,21 @@ def open_session(model: str, f: Flags, *, system: str | None,
             loaded.close()
             raise
     return session
+
+
+def _projector(name: str, entry: Entry | None, *, required: bool) -> Path | None:
+    """The pulled model's vision projector; with ``required``, one line (exit 2) when it has
+    none, before the model is loaded."""
+    manifest = common.store().get(name)
+    found = common.store().checked_mmproj(manifest) if manifest is not None else None
+    if found is None and required:
+        if entry is not None and entry.mmproj is not None:
+            raise UsageError(f"{name} has no vision projector pulled (pulled with --no-mmproj)",
+                             hint=f"llmrun pull {name}")
+        raise UsageError(f"{name} has no vision projector",
+                         hint="use a vision model, e.g. `llmrun run gemma3:4b --image FILE "
+                              "\"Describe it\"`")
+    return found
 
 
 def _attach_prefix_cache(session: Session, path: Path, name: str) -> None:
@@ -244,7 +278,8 @@ def _attach_prefix_cache(session: Session, path: Path, name: str) -> None:
 
 
 def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
-               gpu_layers: int | None, threads: int | None, verbose: bool) -> Model:
+               gpu_layers: int | None, threads: int | None, verbose: bool,
+               mmproj: Path | None = None) -> Model:
     """Load a local model with the flags over LLMRUN_* settings; warnings and notices on
     stderr (run, chat, bench)."""
     from ..datatypes import LoadOptions
@@ -258,7 +293,8 @@ def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
     manifest = common.store().get(name)
     loaded = Model(path, opts, chat_format=entry.chat_format if entry else None,
                    debug=s.debug, name=name,  # -v is the timing block; the log is debug's
-                   chat_template=manifest.chat_template if manifest is not None else None)
+                   chat_template=manifest.chat_template if manifest is not None else None,
+                   mmproj=mmproj)
     if loaded.notice:
         output.notice(loaded.notice)
     if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
@@ -324,11 +360,11 @@ class TraceSink:
 
 
 def answer(session: AnySession, prompt: str, sink: StdoutSink | None,
-           trace: TraceSink | None = None) -> Result:
+           trace: TraceSink | None = None, images: list[Image] | None = None) -> Result:
     """One prompt → one answer (written to the sink as it streams; the trace to ``trace``)."""
     if not session.raw:
         session.clear()
-    turn = session.ask(prompt)
+    turn = session.ask(prompt, images) if images else session.ask(prompt)
     try:
         for delta in turn.deltas:
             if trace is not None and delta.reasoning:

@@ -44,16 +44,17 @@ def run_cmd(
     no_pull: gen.NoPull = False, endpoint: gen.Endpoint = None, api_key: gen.ApiKey = None,
     think: gen.Think = None, no_think: gen.NoThink = False,
     show_thinking: gen.ShowThinking = None, think_budget: gen.ThinkBudget = None,
-    no_cache: gen.NoCache = False,
+    no_cache: gen.NoCache = False, image: gen.Images = None,
+    allow_image_urls: gen.AllowImageUrls = False,
 ) -> None:
     """Answer one prompt (argument and/or piped stdin) on stdout, streamed. A reasoning
     model's trace never goes to stdout: it is on stderr (--show-thinking) and in --json.
     With no prompt on a terminal, it opens a chat (as `ollama run` does)."""
     if prompt is None and not each_line and _stdin_is_terminal():
-        if as_json or raw or fmt or schema:
+        if as_json or raw or fmt or schema or image:
             raise UsageError("no prompt: give one as an argument or on stdin",
-                             hint=f"without --json, --raw, --format or --schema, "
-                                  f"`llmrun run {model}` opens a chat")
+                             hint=f"without --json, --raw, --format, --schema or --image, "
+                                  f"`llmrun run {model}` opens a chat (/image adds images)")
         from .chat import chat_cmd
 
         chat_cmd(model, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -81,16 +82,17 @@ def run_cmd(
                       fmt=fmt, schema=schema, verbose=verbose, no_pull=no_pull,
                       endpoint=endpoint, api_key=api_key, think=think, no_think=no_think,
                       show_thinking=show_thinking, think_budget=think_budget, no_cache=no_cache)
-    session = gen.open_session(model, flags, system=system)
+    images = gen.read_images(image, allow_image_urls)  # checked before any model is loaded
+    session = gen.open_session(model, flags, system=system, vision=bool(images) or False)
     for i, p in enumerate(prompts):
         trace = gen.TraceSink(show_thinking if as_json is False or show_thinking else False)
         if as_json:
-            result = gen.answer(session, p, None, trace)
+            result = gen.answer(session, p, None, trace, images)
             output.write(json.dumps(result.as_dict(), ensure_ascii=False) + "\n")
         else:
             if i:
                 output.write("\n")
-            result = gen.answer(session, p, gen.StdoutSink(), trace)
+            result = gen.answer(session, p, gen.StdoutSink(), trace, images)
         output.write("", flush=True)
         if verbose:
             gen.print_timings(result)

@@ -51,9 +51,10 @@ class Model:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None = None,
                  debug: bool = False, name: str | None = None,
                  chat_template: str | None = None,
-                 context: dict[str, Any] | None = None) -> None:
+                 context: dict[str, Any] | None = None, mmproj: Path | None = None) -> None:
         """``context``: more llama_cpp.Llama context arguments (engine/embed.py's embedding
-        mode: embedding, pooling_type, n_ubatch)."""
+        mode: embedding, pooling_type, n_ubatch). ``mmproj``: a vision projector, loaded
+        with the model (engine/vision.py)."""
         self.path = path
         self.name = name or path.name
         self._pieces: prompt_pieces.PieceTokenizer | None = None
@@ -128,6 +129,17 @@ class Model:
                 f"could not load {self.name}: {failure}",
                 hint="try a smaller --ctx or a smaller quant; LLMRUN_DEBUG=1 shows llama.cpp's log",
             )
+        self.projector: Any = None  # engine/vision.py's Projector, when there is an mmproj
+        if mmproj is not None:
+            from .vision import Projector
+
+            try:
+                self.projector = Projector(self, mmproj, threads=self.threads, debug=debug,
+                                           use_gpu=self.gpu_layers != 0)
+            except BaseException:
+                self.llama.close()
+                self._hold.release()
+                raise
         self.load_s = time.perf_counter() - start
         self.chat_format = chat_format
         self.chat_template = chat_template  # imported with the model: over the GGUF's
@@ -139,6 +151,9 @@ class Model:
         self._closing = True
         if self._pieces_thread is not None:
             self._pieces_thread.join()
+        if self.__dict__.get("projector") is not None:
+            self.projector.close()  # before the model it was loaded against
+            self.projector = None
         llama = self.__dict__.pop("llama", None)
         if llama is not None:
             llama.close()
@@ -400,10 +415,12 @@ class Model:
 
     # ---- generation ------------------------------------------------------------------
     def generate(self, tokens: list[int], sampling: Sampling, result: Result | None = None,
-                 cancel: Callable[[], bool] | None = None) -> Iterator[str]:
+                 cancel: Callable[[], bool] | None = None, *,
+                 evaluate: Callable[[], None] | None = None) -> Iterator[str]:
         """Stream text pieces for a prompt given as tokens; fills ``result`` as it goes.
         ``cancel`` is polled after every sampled token; when it returns True generation stops
-        (finish_reason "cancelled") before the next token is evaluated."""
+        (finish_reason "cancelled") before the next token is evaluated. ``evaluate`` puts the
+        whole prompt in the cache first (images: engine/vision.py), timed as the prompt's."""
         import llama_cpp
 
         res = result if result is not None else Result()
@@ -433,6 +450,8 @@ class Model:
         text = TextStream(sampling.stop)
         llama_cpp.llama_perf_context_reset(llama.ctx)
         start = time.perf_counter()
+        if evaluate is not None:
+            evaluate()
         first: float | None = None
         sampler: Any = None
         cancelled = False
