@@ -277,3 +277,52 @@ def test_user_text_cannot_stand_for_an_image(vcli: Cli, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     plain = vcli("run", VNAME, "--json", "-n", "1", "--image", str(png), " two ")
     assert _usage(proc)["prompt_tokens"] == _usage(plain)["prompt_tokens"]
+
+
+def test_chat_image_goes_with_the_next_message_in_a_terminal(vcli: Cli, tmp_path: Path) -> None:
+    import sys
+
+    import pexpect
+
+    from llmrun.tiny_vision import TINY
+
+    png = _image(tmp_path / "a b.png")  # a space in the name, as a dropped file is pasted
+    env = {**vcli.env, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120"}
+    child = pexpect.spawn(sys.executable, ["-m", "llmrun", "chat", VNAME, "-v", "-n", "2",
+                                           "--temperature", "0"], env=env, encoding="utf-8",
+                          timeout=120, dimensions=(40, 120))
+    prompt = ">>>"
+    child.expect_exact(prompt)
+    child.sendline("/help")
+    child.expect_exact("/image PATH")
+    child.expect_exact(prompt)
+    child.sendline("What is it?")  # no image: the count to compare with
+    child.expect(r"prompt eval count: +(\d+) token\(s\)")
+    first = int(child.match.group(1))
+    child.expect_exact(prompt)
+    child.sendline(f"/image '{png}'")
+    child.expect_exact("(40x30) goes with your next message")
+    child.expect_exact(prompt)
+    child.sendline(f"/image {tmp_path / 'missing.png'}")
+    child.expect_exact("cannot be read")  # one line; the chat goes on
+    child.expect_exact(prompt)
+    child.sendline("And now?")
+    child.expect(r"prompt eval count: +(\d+) token\(s\) \((\d+) evaluated\)")
+    with_image, evaluated = int(child.match.group(1)), int(child.match.group(2))
+    # the second turn holds the first (answer and all), then the image and the new text:
+    # the cached first turn is kept, only what follows it is evaluated
+    assert with_image > first + TINY.image_tokens
+    assert TINY.image_tokens < evaluated < with_image
+    child.expect_exact(prompt)
+    child.sendline("Once more")  # the image stays in the history: kept in the cache too
+    child.expect(r"prompt eval count: +(\d+) token\(s\) \((\d+) evaluated\)")
+    total, evaluated = int(child.match.group(1)), int(child.match.group(2))
+    # what the turn added, and a few tokens of the last answer written back as text; an image
+    # evaluated again would add its 16 and the text after it
+    assert total > with_image and evaluated < total - with_image + TINY.image_tokens
+    child.expect_exact(prompt)
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in (child.before or "")

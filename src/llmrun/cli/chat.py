@@ -77,7 +77,8 @@ def chat_cmd(
 
 def _reply(session: Session, text: str, markdown: bool, verbose: bool,
            view: chat_commands.View) -> None:
-    turn = session.ask(text)
+    images, view.images = view.images, []  # /image: they go with this message
+    turn = session.ask(text, images) if images else session.ask(text)
     if turn.dropped:
         output.warn(f"context full: dropped the {turn.dropped} oldest exchange(s)")
     trace = gen.TraceSink(view.show_thinking)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +10,7 @@ from ..errors import UsageError
 from . import output
 
 if TYPE_CHECKING:
+    from ..images import Image
     from .gen import AnySession as Session
 
 HELP = """\
@@ -17,6 +18,7 @@ HELP = """\
 /bye, /exit        leave (also Ctrl-D)
 /clear             forget the conversation (keeps the system prompt)
 /system TEXT       set the system prompt
+/image PATH        an image (PNG, JPEG, WebP) for your next message (vision models)
 /set PARAM VALUE   temperature, top-p, top-k, min-p, repeat-penalty, seed, max-tokens
 /show              model, context, parameters, template source
 /save FILE         save the conversation as JSON
@@ -30,6 +32,7 @@ class View:
     """How replies are shown (not what the model sees)."""
 
     show_thinking: bool | None = None  # None: when stderr is a terminal
+    images: list[Image] = field(default_factory=list)  # /image: for the next message
 
 
 _PARAMS = {"temperature": float, "top-p": float, "top-k": int, "min-p": float,
@@ -49,6 +52,8 @@ def handle(session: Session, line: str, last: Path, view: View | None = None) ->
     elif cmd == "/system":
         session.system = arg or None
         output.info("system prompt " + ("set" if arg else "cleared"))
+    elif cmd == "/image":
+        _image(session, arg, view)
     elif cmd == "/set":
         _set(session, arg)
     elif cmd == "/show":
@@ -78,6 +83,23 @@ def handle(session: Session, line: str, last: Path, view: View | None = None) ->
     else:
         raise UsageError(f"unknown command {cmd}", hint="/help lists the commands")
     return None
+
+
+def _image(session: Session, arg: str, view: View | None) -> None:
+    from ..images import read_file
+
+    path = arg.strip().strip("'\"")  # as a terminal pastes a dropped file
+    if not path:
+        raise UsageError("usage: /image PATH")
+    model = getattr(session, "model", None)  # a local model; a server decides for itself
+    if model is not None and model.projector is None:
+        raise UsageError(f"{model.name} has no vision projector",
+                         hint="use a vision model, e.g. `llmrun chat gemma3:4b`")
+    image = read_file(Path(path).expanduser())
+    if view is not None:
+        view.images.append(image)
+        output.info(f"image {path} ({image.width}x{image.height}) goes with your next message"
+                    + (f" ({len(view.images)} images)" if len(view.images) > 1 else ""))
 
 
 def _set(session: Session, arg: str) -> None:
