@@ -249,3 +249,21 @@ def test_the_overlay_round_trips_through_its_file(tmp_path: Path) -> None:
     assert loaded.models["tiny:1"] == fetched.models["tiny:1"]
     assert loaded.get("tiny") == ("tiny:1", loaded.models["tiny:1"])
     assert loaded.get(GEMMA) is not None  # over the shipped registry
+
+
+def test_a_fetched_registry_cannot_swap_a_pulled_models_projector() -> None:
+    """A vision projector is loaded with the model (native code): another projector for a
+    pulled name is held back like other weights."""
+    from llmrun.registry_trust import decide
+
+    shipped = parse_registry(shipped_text(), "shipped")
+    vision = shipped.models["gemma3:4b"]
+    assert vision.mmproj is not None and vision.mmproj.sha256
+    other = vision.mmproj.model_copy(update={"sha256": "e" * 64})
+    fetched = shipped.model_copy(update={"models": {
+        "gemma3:4b": vision.model_copy(update={"mmproj": other})}})
+    held = decide(shipped, None, fetched, pulled={"gemma3:4b"})
+    assert list(held.held) == ["gemma3:4b"] and "projector" in held.held["gemma3:4b"]
+    assert "gemma3:4b" not in held.models  # the shipped entry stays in use
+    taken = decide(shipped, None, fetched, pulled={"gemma3:4b"}, accept=["gemma3:4b"])
+    assert taken.models["gemma3:4b"].mmproj == other

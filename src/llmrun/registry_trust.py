@@ -64,6 +64,9 @@ def moves(old: Entry, new: Entry) -> list[str]:
         elif [(f.path, f.sha256) for f in quant.files] != [(f.path, f.sha256)
                                                            for f in other.files]:
             out.append(f"{name} files or sha256 differ")
+    if old.mmproj is not None and (new.mmproj is None or (old.mmproj.path, old.mmproj.sha256)
+                                   != (new.mmproj.path, new.mmproj.sha256)):
+        out.append("vision projector differs")  # it is loaded with the model: native code
     return out
 
 
