@@ -108,6 +108,11 @@ def is_url(text: str) -> bool:
 
 def from_data_url(url: str, source: str = "in the request") -> Image:
     """A ``data:[image/...];base64,...`` URL."""
+    return decode(data_url_bytes(url, source), source)
+
+
+def data_url_bytes(url: str, source: str = "in the request") -> bytes:
+    """The encoded image a ``data:`` URL holds (not decoded: see decode)."""
     found = _DATA_URL.match(url)
     if found is None:
         raise UsageError(f"image {source}: a data: URL must be base64 "
@@ -122,13 +127,20 @@ def from_data_url(url: str, source: str = "in the request") -> Image:
         data = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         raise UsageError(f"image {source}: the data: URL is not valid base64") from None
-    return decode(data, source)
+    return data
 
 
 def fetch(url: str, *, source: str | None = None, timeout: float = FETCH_TIMEOUT_S,
           max_bytes: int = MAX_BYTES) -> Image:
     """An http(s) URL, fetched with a timeout and a bound on its size (redirects only to
     http(s), at most 3). Only where the user allowed remote images (SSRF)."""
+    return decode(fetch_bytes(url, source=source, timeout=timeout, max_bytes=max_bytes),
+                  source or url)
+
+
+def fetch_bytes(url: str, *, source: str | None = None, timeout: float = FETCH_TIMEOUT_S,
+                max_bytes: int = MAX_BYTES) -> bytes:
+    """What fetch() downloads, not decoded."""
     import httpx
 
     name = source or url
@@ -146,7 +158,7 @@ def fetch(url: str, *, source: str | None = None, timeout: float = FETCH_TIMEOUT
                     raise UsageError(f"image {name} is larger than {max_bytes // 2**20} MiB")
     except httpx.HTTPError as exc:
         raise NetworkError(f"cannot fetch image {name}: {type(exc).__name__}") from None
-    return decode(bytes(data), name)
+    return bytes(data)
 
 
 def load(text: str, *, allow_urls: bool) -> Image:
