@@ -42,11 +42,13 @@ def _resolve(name: str) -> ModelSpec:
     path, display, entry = found.path, found.name, found.entry
     defaults = {k: v for k, v in (entry.defaults.model_dump() if entry else {}).items()
                 if v is not None}
+    manifest = found.manifest
     return ModelSpec(display, path, entry.chat_format if entry else None, defaults,
                      ctx_default=entry.ctx if entry else None,
                      reasoning=entry.reasoning if entry else None,
-                     chat_template=found.manifest.chat_template if found.manifest else None,
-                     embed=EmbedFacts.of(entry))
+                     chat_template=manifest.chat_template if manifest else None,
+                     embed=EmbedFacts.of(entry),
+                     mmproj=common.store().checked_mmproj(manifest) if manifest else None)
 
 
 def _list_models() -> list[tuple[str, int]]:
@@ -78,6 +80,9 @@ Parallel = Annotated[int | None, typer.Option(
     "--parallel", "-np", metavar="N", min=1, max=64,
     help="requests per model decoded together (continuous batching; each has its own "
          "context) [env LLMRUN_PARALLEL; default 1]")]
+AllowImageUrls = Annotated[bool, typer.Option(
+    "--allow-image-urls", help="fetch http(s) URLs in image_url parts (10 s, 20 MiB each); "
+    "off by default: the server would fetch whatever a client names, its own network too")]
 CorsOrigin = Annotated[list[str] | None, typer.Option(
     metavar="ORIGIN", help="allow browser pages from this origin (repeatable); none by default")]
 
@@ -87,6 +92,7 @@ def serve_cmd(
     keep_alive: KeepAlive = "5m", max_loaded: MaxLoaded = 1, queue: Queue = 64,
     cors_origin: CorsOrigin = None, ctx: gen.CtxC = None, gpu_layers: gen.GpuLayers = None,
     threads: gen.Threads = None, parallel: Parallel = None,
+    allow_image_urls: AllowImageUrls = False,
 ) -> None:
     """Serve pulled models over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /v1/completions, /v1/embeddings, /v1/models, /health). Logs one line per request on
@@ -108,7 +114,7 @@ def serve_cmd(
     sock = _bind(host, port)
     _serve(sock, host, key, idle, max_loaded, queue, cors_origin or [],
            preload, ctx or s.ctx, gpu_layers if gpu_layers is not None else s.gpu_layers,
-           threads or s.threads, s.debug, parallel or s.parallel)
+           threads or s.threads, s.debug, parallel or s.parallel, allow_image_urls)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -123,7 +129,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, max_loaded: int,
            queue: int, cors: list[str], preload: list[str], ctx: int | None,
-           gpu_layers: int | None, threads: int | None, debug: bool, parallel: int) -> None:
+           gpu_layers: int | None, threads: int | None, debug: bool, parallel: int,
+           allow_image_urls: bool) -> None:
     import logging
     import sys
 
@@ -146,7 +153,8 @@ def _serve(sock: socket.socket, host: str, key: str | None, keep_alive: float, m
     config = ServerConfig(resolve=_resolve, list_models=_list_models,
                           load=engine_loader(opts, debug=debug, parallel=parallel), host=host,
                           port=sock.getsockname()[1], api_key=key, keep_alive=keep_alive,
-                          max_loaded=max_loaded, queue=queue, cors_origins=cors, preload=preload)
+                          max_loaded=max_loaded, queue=queue, cors_origins=cors, preload=preload,
+                          allow_image_urls=allow_image_urls, parallel=parallel)
     shown = f"[{host}]" if ":" in host else host
     output.info(f"llmrun serve: listening on http://{shown}:{config.port}"
                 + (" (API key required)" if key else ""))

@@ -28,7 +28,7 @@ from ..datatypes import Result
 from ..errors import ContextOverflow, LlmrunError, ModelError, NotFound, UsageError
 from ..formats import Delta, text_deltas
 from ..reply import ReplyStream, plan_chat
-from . import http, schemas, security
+from . import http, image_parts, schemas, security
 from .http import to_api_error
 from .metrics import Metrics
 from .models import (
@@ -70,6 +70,8 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     preload: list[str] = field(default_factory=list)
     max_body: int = MAX_BODY
+    allow_image_urls: bool = False  # fetch http(s) image_url parts (image_parts.py)
+    parallel: int = 1  # requests decoded together per model (images need 1)
 
 
 def _cancelled(job: Job | None) -> ApiError:
@@ -226,11 +228,14 @@ class Api:
         req = schemas.parse(ChatRequest, await http.read_body(request, self.config.max_body))
         request.state.model = req.model
         spec = await self.resolve(req.model)
-        messages, sampling = [m.as_dict() for m in req.messages], req.sampling(spec.defaults)
-        tools, choice = req.tool_list(), req.choice()
+        messages, images = await image_parts.gather(
+            req, spec, allow_urls=self.config.allow_image_urls, parallel=self.config.parallel)
+        sampling, tools, choice = req.sampling(spec.defaults), req.tool_list(), req.choice()
 
         def prepare(engine: Engine, result: Result) -> Iterator[Delta]:
             _check_limit(engine, req.limit())
+            if images:  # the model's process tokenizes them with its projector
+                engine = image_parts.with_images(engine, images)
             try:
                 plan = plan_chat(engine, messages, model=spec.name, tools=tools,
                                  tool_choice=choice, parallel=req.parallel_tool_calls is not False,

@@ -12,6 +12,8 @@ child never runs ahead of a cancelled request.
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
 import dataclasses
 import json
@@ -37,9 +39,10 @@ if TYPE_CHECKING:
 class ChildEngine:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None, debug: bool,
                  name: str, parallel: int = 1, chat_template: str | None = None,
-                 embed: dict[str, Any] | None = None) -> None:
+                 embed: dict[str, Any] | None = None, mmproj: Path | None = None) -> None:
         """``embed``: load the model for embeddings (engine/embed.py) with these registry
-        facts (embeddings.EmbedFacts.as_dict), instead of for generation."""
+        facts (embeddings.EmbedFacts.as_dict), instead of for generation. ``mmproj``: a
+        vision projector, loaded with the model (engine/vision.py)."""
         self.name, self.dead = name, False
         self.parallel = parallel
         self._streams: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}
@@ -60,7 +63,8 @@ class ChildEngine:
         try:
             loaded = self._call("load", path=str(path), opts=dataclasses.asdict(opts),
                                 chat_format=chat_format, debug=debug, name=name,
-                                parallel=parallel, chat_template=chat_template, embed=embed)
+                                parallel=parallel, chat_template=chat_template, embed=embed,
+                                mmproj=None if mmproj is None else str(mmproj))
             self.n_ctx = int(loaded["n_ctx"])
             self.dim = int(loaded.get("dim") or 0)
             self._trained: int | None = loaded.get("trained")
@@ -89,6 +93,11 @@ class ChildEngine:
 
     def tokenize(self, text: str, *, templated: bool) -> list[int]:
         return [int(t) for t in self._call("tokenize", text=text, templated=templated)]
+
+    def with_images(self, images: list[bytes]) -> ChildVision:
+        """This engine for a prompt with ``images`` (encoded, already checked by the server:
+        image_parts.py), one per media marker, in order."""
+        return ChildVision(self, images)
 
     def chat_stops(self) -> list[str]:
         if self._stops is None:
@@ -245,6 +254,23 @@ class ChildEngine:
                                "request; LLMRUN_DEBUG=1 shows llama.cpp's log")
 
 
+class ChildVision:
+    """A ChildEngine whose tokenize sends the request's images along: the model's process
+    tokenizes with engine/vision.py (each image a run of negative placeholder ids), and
+    generating from such tokens goes through its projector there. The rest is the engine's."""
+
+    def __init__(self, engine: ChildEngine, images: list[bytes]) -> None:
+        self.engine = engine
+        self.images = [base64.b64encode(data).decode("ascii") for data in images]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def tokenize(self, text: str, *, templated: bool) -> list[int]:
+        return [int(t) for t in self.engine._call("tokenize", text=text, templated=templated,
+                                                  images=self.images)]
+
+
 def _fill(result: Result, fields: dict[str, Any]) -> None:
     for key, value in fields.items():
         setattr(result, key, value)
@@ -289,35 +315,44 @@ def main() -> None:
 
 
 class _Lines:
-    """Lines from a pipe, blocking or only those already there (between batch steps)."""
+    """Lines from a pipe, blocking or only those already there (between batch steps). A long
+    line (a request's images) is kept in pieces and joined once: linear in its length."""
 
     def __init__(self, fd: int) -> None:
-        self.fd, self.buf, self.eof = fd, b"", False
+        self.fd, self.eof = fd, False
+        self.partial: list[bytes] = []  # the line being read
+        self.whole: collections.deque[bytes] = collections.deque()
 
-    def _take(self) -> list[str]:
-        *whole, self.buf = self.buf.split(b"\n")
-        return [w.decode("utf-8") for w in whole]
+    def _add(self, data: bytes) -> None:
+        *ended, rest = data.split(b"\n")
+        if ended:
+            self.whole.append(b"".join([*self.partial, ended[0]]))
+            self.whole.extend(ended[1:])
+            self.partial = []
+        if rest:
+            self.partial.append(rest)
 
     def ready(self, wait: float = 0.0) -> list[str]:
         import select
 
         while not self.eof and select.select([self.fd], [], [], wait)[0]:
             wait = 0.0
-            data = os.read(self.fd, 1 << 16)
+            data = os.read(self.fd, 1 << 20)
             if not data:
                 self.eof = True
-            self.buf += data
-        return self._take()
+            self._add(data)
+        found = [w.decode("utf-8") for w in self.whole]
+        self.whole.clear()
+        return found
 
     def next(self) -> str | None:
-        while b"\n" not in self.buf:
-            data = os.read(self.fd, 1 << 16)
+        while not self.whole:
+            data = os.read(self.fd, 1 << 20)
             if not data:
                 self.eof = True
                 return None
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode("utf-8")
+            self._add(data)
+        return self.whole.popleft().decode("utf-8")
 
 
 def _serve_line(state: dict[str, Any], line: str, replies: IO[str]) -> None:
@@ -347,9 +382,11 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
 
         if req.get("embed") is not None:
             return _load_embedder(state, req)
+        mmproj = req.get("mmproj")
         state["model"] = Model(Path(req["path"]), LoadOptions(**req["opts"]),
                                chat_format=req["chat_format"], debug=req["debug"],
-                               name=req["name"], chat_template=req.get("chat_template"))
+                               name=req["name"], chat_template=req.get("chat_template"),
+                               mmproj=Path(mmproj) if mmproj else None)
         state["model"].remember_prompt_pieces()  # each request re-sends the conversation
         if int(req.get("parallel") or 1) > 1:
             from ..engine.batch import BatchEngine
@@ -371,6 +408,9 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
     if op == "template_text":
         return {"value": model.template_text()}
     if op == "tokenize":
+        if req.get("images") is not None:
+            return {"value": _vision(model, req["images"]).tokenize(
+                req["text"], templated=req["templated"])}
         return {"value": model.tokenize(req["text"], templated=req["templated"])}
     if op == "chat_stops":
         return {"value": model.chat_stops()}
@@ -379,8 +419,11 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
         return {"value": None}
     if op == "generate":
         state["result"] = Result()
-        state["pieces"] = model.generate(req["tokens"], Sampling(**req["sampling"]),
-                                         state["result"])
+        tokens = req["tokens"]
+        # images stand as negative ids, which only engine/vision.py's tokenize makes: their
+        # prompt is brought into the cache through the projector (which kept its chunks)
+        engine = _vision(model, []) if any(t < 0 for t in tokens) else model
+        state["pieces"] = engine.generate(tokens, Sampling(**req["sampling"]), state["result"])
         return {"value": None}
     if op == "bstart":
         state["batch"].start(req["rid"], req["tokens"], Sampling(**req["sampling"]))
@@ -397,6 +440,16 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
         state["pieces"].close()
         return {"done": dataclasses.asdict(state["result"])}
     raise ValueError(f"unknown request {op!r}")
+
+
+def _vision(model: Any, images: list[str]) -> Any:
+    """The model seen through its projector, with ``images`` (base64 of the encoded bytes the
+    server checked) decoded again here with the same checks (images.py): mtmd gets pixels."""
+    from ..engine.vision import VisionEngine
+    from ..images import decode
+
+    return VisionEngine(model, [decode(base64.b64decode(data), f"#{n + 1}")
+                                for n, data in enumerate(images)])
 
 
 def _load_embedder(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,26 @@ class TextPart(_Req):
     text: str
 
 
+class ImageUrl(_Req):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; mtmd sizes images itself
+
+
+class ImagePart(_Req):
+    """OpenAI's image part; ``image_url`` also as a plain string, as some clients send it.
+    The URL is checked and the image decoded in server/images.py."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl | str
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 FUNCTION_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"  # OpenAI's rule for function names
 MAX_TOOLS = 128
 
@@ -83,11 +103,23 @@ class ToolCallIn(_Req):
 
 class Message(_Req):
     role: Literal["system", "user", "assistant", "developer", "tool"]  # developer: new system
-    content: str | list[TextPart] | None = None
+    content: str | list[Part] | None = None
     name: str | None = Field(None, max_length=MAX_NAME)
     tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)
     tool_call_id: str | None = Field(None, max_length=MAX_NAME)
     reasoning_content: str | None = None  # DeepSeek's and vLLM's name for the trace
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v: Any) -> Any:
+        """A part of a type llmrun does not take is named (not a union's first mismatch)."""
+        if isinstance(v, list):
+            for j, part in enumerate(v):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in ("text", "image_url"):
+                    raise ValueError(f"content[{j}]: parts of type {kind!r} are not supported "
+                                     "(text and image_url are)")
+        return v
 
     @model_validator(mode="after")
     def _roles(self) -> Message:
@@ -95,7 +127,15 @@ class Message(_Req):
             raise ValueError("a message with role 'tool' needs tool_call_id")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
+        if self.role != "user" and self.images():
+            raise ValueError(f"only user messages can carry images, not {self.role} messages")
         return self
+
+    def images(self) -> list[tuple[int, ImagePart]]:
+        """The image parts, with their index in ``content``."""
+        if not isinstance(self.content, list):
+            return []
+        return [(j, p) for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
     def as_dict(self) -> dict[str, Any]:
         """The message as OpenAI sends it (formats.messages.for_template adapts it to the

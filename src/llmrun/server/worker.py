@@ -87,6 +87,7 @@ class ModelSpec:
     chat_template: str | None = None  # imported with the model, over the GGUF's
     embed: EmbedFacts | None = None  # the registry's word on embedding with it
     mode: Literal["generate", "embed"] = "generate"  # embed: loaded for /v1/embeddings
+    mmproj: Path | None = None  # the vision projector pulled with it, loaded with it
 
     @property
     def key(self) -> str:
@@ -104,7 +105,8 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
                   parallel: int = 1) -> Loader:
     """Load models with llmrun's engine (called in the worker thread that will own them): in a
     child process each (child.py), or with ``isolate=False`` in this process. With
-    ``parallel`` > 1 the child decodes that many requests together (engine/batch.py)."""
+    ``parallel`` > 1 the child decodes that many requests together (engine/batch.py); images
+    are refused then (image_parts.py), so a vision projector is loaded only with 1."""
 
     def load(spec: ModelSpec) -> Engine:
         from dataclasses import replace
@@ -112,16 +114,17 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
         opts_for = replace(opts, ctx_default=spec.ctx_default)
         if spec.mode == "embed":
             return _embed_loader(spec, opts_for, debug=debug, isolate=isolate)
+        mmproj = spec.mmproj if parallel == 1 else None
         if isolate:
             from .child import ChildEngine
 
             return ChildEngine(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
                                name=spec.name, parallel=parallel,
-                               chat_template=spec.chat_template)
+                               chat_template=spec.chat_template, mmproj=mmproj)
         from ..engine import Model
 
         return Model(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
-                     name=spec.name, chat_template=spec.chat_template)
+                     name=spec.name, chat_template=spec.chat_template, mmproj=mmproj)
 
     return load
 
