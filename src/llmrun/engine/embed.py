@@ -30,7 +30,8 @@ class Embedder:
                  debug: bool = False, name: str | None = None) -> None:
         name = name or path.name
         self.name = name
-        info = gguf_file.read_info(path)
+        info = gguf_file.read_info(path, hint=f"run `llmrun pull --force {name}`"
+                                   if name != path.name else "")  # as Model says it
         self.pooling, self.note = choose_pooling(info, facts or EmbedFacts(), name)
         trained = info.context_length
         want = opts.n_ctx or default_ctx(trained, info.array_lengths.get("tokenizer.ggml.tokens"))
