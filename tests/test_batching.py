@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import GEMMA, Cli, copy_store, make_env
 from test_serve import Server
@@ -144,6 +145,37 @@ def test_a_grammar_beside_free_streams(batch_server: Server) -> None:
     answer, *free = asyncio.run(main())
     assert set(json.loads(answer)) == {"city"}
     assert all(finish == "length" for _, finish, _ in free)
+
+
+def test_a_schema_llama_cpp_rejects_fails_alone(batch_server: Server) -> None:
+    """A grammar that cannot be built is that request's 400; the slot it would have taken
+    stays free and the model's process keeps serving (it once crashed at the next step)."""
+    import psutil
+
+    def children() -> list[int]:
+        return [c.pid for c in psutil.Process(batch_server.proc.pid).children(recursive=True)
+                if "llmrun.server.child" in " ".join(c.cmdline())]
+
+    mark = len(batch_server.lines)
+    ok = httpx.post(batch_server.url + "/v1/completions", json={
+        "model": GEMMA, "prompt": "Hi", "max_tokens": 2, "temperature": 0}, timeout=120)
+    assert ok.status_code == 200
+    before = children()
+    for _ in range(5):  # more than the slots: none may be left taken
+        bad = httpx.post(batch_server.url + "/v1/chat/completions", json={
+            "model": GEMMA, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "x", "schema": {"type": "nonsense"}}}}, timeout=120)
+        assert bad.status_code == 400, bad.text
+    log: list[tuple[str, str]] = []
+
+    async def main() -> list[Any]:
+        async with _client(batch_server.url) as client:
+            return list(await asyncio.gather(*(_stream(client, p, 8, log) for p in PROMPTS)))
+
+    assert all(finish == "length" for _, finish, _ in asyncio.run(main()))
+    assert children() == before
+    assert not any("Traceback" in line or "died" in line for line in batch_server.lines[mark:])
 
 
 def test_ps_counts_the_running_streams(batch_server: Server, batch_root: Path) -> None:

@@ -112,6 +112,9 @@ class BatchEngine:
         free = [s for s in self.seqs if s.rid is None]
         if not free:
             raise RuntimeError("no free sequence")  # the server never starts more than n_seq
+        # first what can fail (a grammar llama.cpp rejects): a slot taken without a sampler
+        # would break every later step of every stream
+        sampler = self._sampler(sampling)
         seq = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.seq))
         common = min(common_prefix(seq.cached, tokens), len(tokens) - 1)  # the last is evaluated
         memory = llama_cpp.llama_get_memory(self.ctx)
@@ -122,7 +125,7 @@ class BatchEngine:
         seq.cached = tokens[:common]
         seq.pending = tokens[common:]
         seq.rid, seq.last, seq.cancel = rid, None, False
-        seq.sampler = self._sampler(sampling)
+        seq.sampler = sampler
         seq.text = TextStream(sampling.stop)
         seq.result = Result(prompt_tokens=len(tokens), load_s=self.model.load_s,
                             prompt_evaluated=len(seq.pending))

@@ -126,7 +126,12 @@ class ChildEngine:
         self._streams[rid] = events
         done = False
         try:
-            self._call("bstart", rid=rid, tokens=tokens, sampling=dataclasses.asdict(sampling))
+            try:
+                self._call("bstart", rid=rid, tokens=tokens,
+                           sampling=dataclasses.asdict(sampling))
+            except BaseException:
+                done = True  # it never started: nothing to cancel, no end to wait for
+                raise
             while True:
                 event = events.get()
                 if event is None:
