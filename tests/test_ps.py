@@ -38,6 +38,7 @@ def test_ps_shows_what_is_loaded_and_stop_unloads_it(ps_root: Path, ps_server: S
     [model] = json.loads(cli("ps", *where, "--json").stdout)
     assert (model["name"], model["state"], model["running"], model["queued"]) == (
         GEMMA, "ready", 0, 0)
+    assert model["parallel"] == 4  # serve's default: as many as memory allows, up to 4
     assert model["memory"] > 100 * 2**20  # the model's own process
     assert model["idle_s"] >= 0 and 0 < model["unloads_in_s"] <= 300
     table = cli("ps", *where).stdout.splitlines()

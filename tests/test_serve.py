@@ -133,7 +133,7 @@ def server(served_root: Path) -> Iterator[Server]:
     code = srv.stop()
     assert srv.stdout == b"", "serve wrote to stdout"
     assert code in (0, -signal.SIGTERM), srv.log()
-    assert "Traceback" not in srv.log()
+    assert "Traceback" not in srv.log(), srv.log()[-3000:]
 
 
 @pytest.fixture
@@ -344,8 +344,18 @@ def test_a_dead_model_process_takes_only_its_requests_down(server: Server,
 
 
 # ---- concurrency and disconnects ----------------------------------------------------------
-def test_fifty_concurrent_clients(server: Server, client: openai.OpenAI) -> None:
-    """Every request either gets exactly its serial greedy output or a clean 503."""
+def test_fifty_concurrent_clients(served_root: Path) -> None:
+    """Every request either gets exactly its serial greedy output or a clean 503. One request
+    at a time (--parallel 1): decoded together, greedy answers may differ from serial ones in
+    llama.cpp's batch numerics (test_serve_faults.py covers batching under load)."""
+    server = Server(served_root, "--ctx", "512", "--queue", "4", "--parallel", "1")
+    try:
+        _fifty_clients(server, server.client())
+    finally:
+        server.stop()
+
+
+def _fifty_clients(server: Server, client: openai.OpenAI) -> None:
     prompts = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,"]
     expected = {p: _chat(client, p) for p in prompts}
     mark = len(server.lines)

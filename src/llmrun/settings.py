@@ -37,8 +37,9 @@ class Settings(BaseSettings):
         "= on unless the engine self-test crashes with them (docs/install.md)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    parallel: int = Field(1, ge=1, le=64, description="serve: requests per model decoded "
-                          "together")
+    parallel: int = Field(0, ge=0, le=64, description="serve: requests per model decoded "
+                          "together; 0 = auto (up to 4 where memory allows; 1 for a model "
+                          "served with its vision projector)")
     api_key: str | None = Field(None, repr=False)
     endpoint: str | None = None
     prefix_cache: str = Field("2G", pattern=r"^(?i:0|off|\d+(\.\d+)?\s*[kmgt]?i?b?)$",

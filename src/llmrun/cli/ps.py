@@ -29,11 +29,13 @@ def ps_cmd(
     def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f}s"
 
-    output.table(["NAME", "STATE", "RUNNING", "QUEUED", "MEMORY", "IDLE", "UNLOADS IN"],
-                 [[m["name"], m["state"], str(m["running"]), str(m["queued"]),
+    output.table(["NAME", "STATE", "RUNNING", "PARALLEL", "QUEUED", "MEMORY", "IDLE",
+                  "UNLOADS IN"],
+                 [[m["name"], m["state"], str(m["running"]), str(m.get("parallel", 1)),
+                   str(m["queued"]),
                    output.human_size(m["memory"]), seconds(m["idle_s"]),
                    "never" if m["idle_s"] is not None and m["unloads_in_s"] is None
-                   else seconds(m["unloads_in_s"])] for m in models], right={2, 3, 4})
+                   else seconds(m["unloads_in_s"])] for m in models], right={2, 3, 4, 5})
 
 
 def stop_cmd(

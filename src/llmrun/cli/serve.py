@@ -77,9 +77,10 @@ MaxLoaded = Annotated[int, typer.Option(metavar="N", min=1, help="models loaded 
 Queue = Annotated[int, typer.Option(
     metavar="N", min=1, help="requests waiting per model; more get 503 + Retry-After")]
 Parallel = Annotated[int | None, typer.Option(
-    "--parallel", "-np", metavar="N", min=1, max=64,
+    "--parallel", "-np", metavar="N", min=0, max=64,
     help="requests per model decoded together (continuous batching; each has its own "
-         "context) [env LLMRUN_PARALLEL; default 1]")]
+         "context); 0 = auto: up to 4 where memory allows, 1 for vision models [env "
+         "LLMRUN_PARALLEL; default 0]")]
 AllowImageUrls = Annotated[bool, typer.Option(
     "--allow-image-urls", help="fetch http(s) URLs in image_url parts (10 s, 20 MiB each); "
     "off by default: the server would fetch whatever a client names, its own network too")]
@@ -114,7 +115,8 @@ def serve_cmd(
     sock = _bind(host, port)
     _serve(sock, host, key, idle, max_loaded, queue, cors_origin or [],
            preload, ctx or s.ctx, gpu_layers if gpu_layers is not None else s.gpu_layers,
-           threads or s.threads, s.debug, parallel or s.parallel, allow_image_urls)
+           threads or s.threads, s.debug, s.parallel if parallel is None else parallel,
+           allow_image_urls)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -66,6 +66,7 @@ class ChildEngine:
                                 parallel=parallel, chat_template=chat_template, embed=embed,
                                 mmproj=None if mmproj is None else str(mmproj))
             self.n_ctx = int(loaded["n_ctx"])
+            self.parallel = int(loaded.get("parallel") or parallel or 1)  # auto: the child's
             self.dim = int(loaded.get("dim") or 0)
             self._trained: int | None = loaded.get("trained")
             self.memory_warning: str | None = loaded["memory_warning"]
@@ -73,7 +74,7 @@ class ChildEngine:
         except BaseException:
             self.close()
             raise
-        if parallel > 1:  # replies and events of several streams share the pipe from now on
+        if self.parallel > 1:  # replies and events of several streams share the pipe now
             self._calls = queue.SimpleQueue()
             threading.Thread(target=self._read_replies, daemon=True,
                              name=f"llmrun-replies-{name}").start()
@@ -393,11 +394,14 @@ def _handle(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
                                name=req["name"], chat_template=req.get("chat_template"),
                                mmproj=Path(mmproj) if mmproj else None)
         state["model"].remember_prompt_pieces()  # each request re-sends the conversation
-        if int(req.get("parallel") or 1) > 1:
+        wanted = int(req.get("parallel", 1))
+        if wanted == 0:
+            wanted = _auto_parallel(state)
+        elif wanted > 1:
             from ..engine.batch import BatchEngine
 
-            state["batch"] = BatchEngine(state["model"], int(req["parallel"]))
-        return {"value": {"n_ctx": state["model"].n_ctx,
+            state["batch"] = BatchEngine(state["model"], wanted)
+        return {"value": {"n_ctx": state["model"].n_ctx, "parallel": wanted,
                           "trained": state["model"].info.context_length,
                           "memory_warning": state["model"].memory_warning,
                           "notice": state["model"].notice}}
@@ -455,6 +459,30 @@ def _vision(model: Any, images: list[str]) -> Any:
 
     return VisionEngine(model, [decode(base64.b64decode(data), f"#{n + 1}")
                                 for n, data in enumerate(images)])
+
+
+AUTO_PARALLEL = (4, 2)  # serve's default: sequences decoded together, the first that fits
+
+
+def _auto_parallel(state: dict[str, Any]) -> int:
+    """`serve` without --parallel: the most sequences (of AUTO_PARALLEL) whose KV cache takes
+    at most half the memory available after the model loaded (CPU; on a GPU, whatever the
+    context creation accepts), else 1 (one request at a time, as before batching)."""
+    from .. import memory
+    from ..engine.batch import BatchEngine
+
+    model = state["model"]
+    available = memory.available_memory()
+    for n in AUTO_PARALLEL:
+        need = memory.kv_cache_bytes(model.info, model.n_ctx * n)
+        if not model.gpu_layers and available is not None and need > available // 2:
+            continue
+        try:
+            state["batch"] = BatchEngine(model, n)
+        except LlmrunError:
+            continue
+        return n
+    return 1
 
 
 def _load_embedder(state: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,7 @@ class Pool:
                 unload = round(max(0.0, self.keep_alive - idle), 1)
             found.append({"name": s.spec.key, "state": "ready" if s.loaded else "loading",
                           "running": int(s.running), "queued": s.waiting,
+                          "parallel": s.parallel,
                           "memory": _rss(s.pid), "pid": s.pid, "idle_s": idle,
                           "unloads_in_s": unload})
         return found

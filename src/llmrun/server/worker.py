@@ -106,7 +106,8 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
     """Load models with llmrun's engine (called in the worker thread that will own them): in a
     child process each (child.py), or with ``isolate=False`` in this process. With
     ``parallel`` > 1 the child decodes that many requests together (engine/batch.py); images
-    are refused then (image_parts.py), so a vision projector is loaded only with 1."""
+    are refused then (image_parts.py), so a vision projector is loaded only with 1. With 0
+    (auto) a model with a projector gets 1, others as many as memory allows (child.py)."""
 
     def load(spec: ModelSpec) -> Engine:
         from dataclasses import replace
@@ -114,12 +115,13 @@ def engine_loader(opts: LoadOptions, *, debug: bool = False, isolate: bool = Tru
         opts_for = replace(opts, ctx_default=spec.ctx_default)
         if spec.mode == "embed":
             return _embed_loader(spec, opts_for, debug=debug, isolate=isolate)
-        mmproj = spec.mmproj if parallel == 1 else None
+        n = 1 if parallel == 0 and spec.mmproj is not None else parallel
+        mmproj = spec.mmproj if n == 1 else None
         if isolate:
             from .child import ChildEngine
 
             return ChildEngine(spec.path, opts_for, chat_format=spec.chat_format, debug=debug,
-                               name=spec.name, parallel=parallel,
+                               name=spec.name, parallel=n,
                                chat_template=spec.chat_template, mmproj=mmproj)
         from ..engine import Model
 
@@ -212,6 +214,7 @@ class Slot:
         self.active = 0  # admitted, not finished
         self.running = 0  # started, not finished
         self.loaded = False
+        self.parallel = 1  # requests decoded together, once loaded (ps shows it)
         self.pid: int | None = None  # the model's process (ps shows its memory)
         self.last_used = time.monotonic()
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -241,7 +244,7 @@ class Slot:
         if notice := getattr(engine, "notice", None):
             log.warning("%s", notice)
         self._call(self.owner.loaded, self, time.perf_counter() - start)
-        parallel = int(getattr(engine, "parallel", 1) or 1)
+        parallel = self.parallel = int(getattr(engine, "parallel", 1) or 1)
         if parallel > 1:
             self._run_batched(engine, parallel)
             self._close_engine(engine)
