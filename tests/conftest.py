@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hubdouble import HubDouble
 
 GEMMA = "gemma3:270m-base"
 GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -157,3 +158,19 @@ def private_gemma_cli(tmp_path: Path, pulled_root: Path) -> Iterator[Cli]:
     """A private copy of the pulled store (hard links), for tests that change it."""
     root = copy_store(pulled_root, tmp_path / "root")
     yield Cli(make_env(root), root)
+
+
+@pytest.fixture
+def hub() -> Iterator[HubDouble]:
+    """The Hub double serving pullkit.REPO (two quants, a projector, a README)."""
+    from pullkit import tiny_repo_hub
+
+    with tiny_repo_hub() as h:
+        yield h
+
+
+@pytest.fixture
+def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
+    """llmrun in a subprocess, pulling from ``hub``; retries without back-off."""
+    return Cli(make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0",
+                        LLMRUN_STALL_TIMEOUT="3"), tmp_path)

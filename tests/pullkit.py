@@ -13,6 +13,7 @@ from hubdouble import HubDouble
 REPO = "test-org/tiny-GGUF"
 Q4 = "tiny-model-Q4_K_M.gguf"
 Q8 = "tiny-model-Q8_0.gguf"
+MMPROJ = "mmproj-tiny-F16.gguf"  # the repo's vision projector, pulled with a model
 SIZE = 3 * 1024 * 1024 + 17
 REPO_DIR = f"models--{REPO.replace('/', '--')}"
 
@@ -33,7 +34,7 @@ def tiny_repo_hub() -> Iterator[HubDouble]:
     with HubDouble() as h:
         h.add_file(REPO, Q4, data(1))
         h.add_file(REPO, Q8, data(2))
-        h.add_file(REPO, "mmproj-tiny-F16.gguf", data(3, 1000))
+        h.add_file(REPO, MMPROJ, data(3, 1000))
         h.add_file(REPO, "README.md", b"# tiny\n")
         yield h
 

@@ -7,31 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Cli, make_env
 from hubdouble import HubDouble
-from pullkit import REPO, tiny_repo_hub
+from pullkit import MMPROJ, REPO
 from pullkit import blob as _blob
 from pullkit import data as _data
 from pullkit import gets as _gets
 
 from llmrun.projector import best_mmproj, quant_bits
-
-MMPROJ = "mmproj-tiny-F16.gguf"
-
-
-@pytest.fixture
-def hub() -> Iterator[HubDouble]:
-    with tiny_repo_hub() as h:
-        yield h
-
-
-@pytest.fixture
-def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
-    return Cli(make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0"), tmp_path)
 
 
 # ---- which projector goes with a model (llama.cpp's -hf rule) --------------------------------

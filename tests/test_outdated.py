@@ -8,29 +8,18 @@ import json
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Cli, make_env
+from conftest import Cli
 from hubdouble import HubDouble
-from pullkit import Q4, REPO, tiny_repo_hub
+from pullkit import Q4, REPO
 from pullkit import blob as _blob
 from pullkit import data as _data
 
 NAME = f"hf.co/{REPO}:Q4_K_M"
 
 
-@pytest.fixture
-def hub() -> Iterator[HubDouble]:
-    with tiny_repo_hub() as h:
-        yield h
-
-
-@pytest.fixture
-def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
-    return Cli(make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0",
-                        LLMRUN_STALL_TIMEOUT="3"), tmp_path)
 
 
 def status(cli: Cli, **env: str) -> dict[str, dict[str, str]]:

@@ -9,29 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Cli, make_env
 from hubdouble import HubDouble
-from pullkit import Q4, Q8, REPO, SIZE, tiny_repo_hub
+from pullkit import Q4, Q8, REPO, SIZE
 from pullkit import blob as _blob
 from pullkit import data as _data
 from pullkit import gets as _gets
-
-
-@pytest.fixture
-def hub() -> Iterator[HubDouble]:
-    with tiny_repo_hub() as h:
-        yield h
-
-
-@pytest.fixture
-def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
-    env = make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0",
-                   LLMRUN_STALL_TIMEOUT="3")
-    return Cli(env, tmp_path)
 
 
 def test_pull_default_quant_into_hf_cache_layout(hcli: Cli, hub: HubDouble) -> None:

@@ -34,7 +34,7 @@ import pytest
 from conftest import Cli, make_env
 from filelock import FileLock
 from hubdouble import HubDouble
-from pullkit import Q4, REPO, REPO_DIR, tiny_repo_hub
+from pullkit import MMPROJ, Q4, REPO, REPO_DIR, tiny_repo_hub
 from pullkit import blob as _blob
 from pullkit import blob_in as _blob_in
 from pullkit import data as _data
@@ -309,9 +309,10 @@ def test_t12_hostile_names_in_the_listing_are_ignored(hcli: Cli, hub: HubDouble,
         assert [n for n in names if n.rsplit("/", 1)[-1] in proc.stderr] == []
         assert _blob(hcli.root, _data(1)).read_bytes() == _data(1)
         [model] = json.loads(hcli("list", "--json").stdout)
-        assert model["name"] == f"hf.co/{REPO}:Q4_K_M" and model["files"] == [Q4]
+        # the model and the repo's legit vision projector, pulled with it as llama.cpp's -hf does
+        assert model["name"] == f"hf.co/{REPO}:Q4_K_M" and model["files"] == [Q4, MMPROJ]
         resolved = {unquote(r.path) for r in hub.requests if "/resolve/" in r.path}
-        assert resolved == {f"/{REPO}/resolve/{commit}/{Q4}"}
+        assert resolved == {f"/{REPO}/resolve/{commit}/{Q4}", f"/{REPO}/resolve/{commit}/{MMPROJ}"}
     else:
         assert proc.returncode == ExitCode.NOT_FOUND, proc.stderr
         assert proc.stderr.splitlines() == [f"Error: hf.co/{REPO} has no {tag[1:]} file",

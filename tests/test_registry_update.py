@@ -9,13 +9,12 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import GEMMA, GEMMA_FILE, GEMMA_SHA, Cli, InProcess, make_env
+from conftest import GEMMA, GEMMA_FILE, GEMMA_SHA, Cli, InProcess
 from hubdouble import HubDouble
-from pullkit import Q4, REPO, tiny_repo_hub
+from pullkit import Q4, REPO
 from pullkit import data as _data
 
 from llmrun.registry import RegistryFile, parse_registry, shipped_text
@@ -44,15 +43,6 @@ def registry(*entries: str, aliases: str = "") -> bytes:
     return (f"schema: 1\naliases: {{{aliases}}}\nmodels:" + "".join(entries)).encode()
 
 
-@pytest.fixture
-def hub() -> Iterator[HubDouble]:
-    with tiny_repo_hub() as h:
-        yield h
-
-
-@pytest.fixture
-def hcli(tmp_path: Path, hub: HubDouble) -> Cli:
-    return Cli(make_env(tmp_path, HF_ENDPOINT=hub.url, LLMRUN_RETRY_BACKOFF="0"), tmp_path)
 
 
 def names(cli: Cli, *args: str, env: dict[str, str] | None = None) -> list[str]:

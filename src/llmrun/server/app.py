@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -152,6 +152,22 @@ class Api:
             if job.finished.is_set() and job.result is not None:
                 _record(state, job.result)
 
+    async def wait(self, request: Request, work: Awaitable[Event], state: Any,
+                   holder: list[Job]) -> Event | Response:
+        """A request's first event (its job queued and admitted): a full queue is a 503 with
+        Retry-After, a client gone meanwhile a 499 after its job is stopped."""
+        try:
+            return await http.unless_disconnected(request.receive, work)
+        except Busy as exc:
+            state.note = "queue full"
+            raise ApiError(503, str(exc) or "server busy: too many queued requests, retry later",
+                           type="server_error", code="server_busy",
+                           headers={"Retry-After": "1"}) from None
+        except http.ClientGone:
+            if holder:
+                await self.stop(holder[0], state)
+            return Response(status_code=499)
+
     async def generate(self, request: Request, spec: ModelSpec,
                        prepare: Callable[[Engine, Result], Iterator[Delta]],
                        kind: Literal["chat", "text"], req: schemas.GenerateRequest) -> Response:
@@ -170,17 +186,9 @@ class Api:
                 ev = await holder[0].events.get()
             return ev
 
-        try:
-            ev = await http.unless_disconnected(request.receive, first() if req.stream else whole())
-        except Busy as exc:
-            state.note = "queue full"
-            raise ApiError(503, str(exc) or "server busy: too many queued requests, retry later",
-                           type="server_error", code="server_busy",
-                           headers={"Retry-After": "1"}) from None
-        except http.ClientGone:
-            if holder:
-                await self.stop(holder[0], state)
-            return Response(status_code=499)
+        ev = await self.wait(request, first() if req.stream else whole(), state, holder)
+        if isinstance(ev, Response):
+            return ev
         if isinstance(ev, Failed):
             raise to_api_error(ev.error)
         if isinstance(ev, Done) and ev.cancelled:
@@ -329,17 +337,9 @@ class Api:
                 ev = await job.events.get()
             return ev
 
-        try:
-            ev = await http.unless_disconnected(request.receive, run())
-        except Busy as exc:
-            state.note = "queue full"
-            raise ApiError(503, str(exc) or "server busy: too many queued requests, retry later",
-                           type="server_error", code="server_busy",
-                           headers={"Retry-After": "1"}) from None
-        except http.ClientGone:
-            if holder:
-                await self.stop(holder[0], state)
-            return Response(status_code=499)
+        ev = await self.wait(request, run(), state, holder)
+        if isinstance(ev, Response):
+            return ev
         if isinstance(ev, Failed):
             raise to_api_error(ev.error)
         assert isinstance(ev, Done)
