@@ -76,9 +76,7 @@ def _load(path: Path, name: str, facts: EmbedFacts, *, ctx: int | None,
         output.warn(embedder.memory_warning)
     if embedder.ctx_capped:
         output.warn(f"context capped at {embedder.n_ctx}, the context {name} was trained on")
-    if opts.n_gpu_layers not in (None, 0) and not embedder.offload_supported:
-        output.warn("this llama-cpp-python build has no GPU support: running on the CPU "
-                    "(see docs/gpu.md to build it with CUDA, Metal or Vulkan)")
+    gen.warn_if_no_offload(opts.n_gpu_layers, embedder.offload_supported)
     if verbose:
         output.info(f"model: {path}\npooling: {embedder.pooling}, dimensions: {embedder.dim}, "
                     f"context: {embedder.n_ctx} tokens, threads: {embedder.threads}, gpu layers: "

@@ -297,9 +297,7 @@ def load_model(path: Path, name: str, entry: Entry | None, *, ctx: int | None,
                    mmproj=mmproj)
     if loaded.notice:
         output.notice(loaded.notice)
-    if opts.n_gpu_layers not in (None, 0) and not loaded.offload_supported:
-        output.warn("this llama-cpp-python build has no GPU support: running on the CPU "
-                    "(see docs/gpu.md to build it with CUDA, Metal or Vulkan)")
+    warn_if_no_offload(opts.n_gpu_layers, loaded.offload_supported)
     if verbose:
         output.info(f"model: {path}\ncontext: {loaded.n_ctx} tokens, threads: {loaded.threads}, "
                     f"gpu layers: {loaded.gpu_layers} (offload supported: "
@@ -413,3 +411,10 @@ def print_timings(r: Result) -> None:
         f"{f'{r.completion_tokens} token(s)' if r.usage_known else 'unknown'}\n"
         f"eval duration:        {r.gen_s:.3f}s\n"
         f"eval rate:            {rate(r.completion_tokens, r.gen_s)}")
+
+
+def warn_if_no_offload(gpu_layers: int | None, offload_supported: bool) -> None:
+    """Layers asked for on a GPU that this build cannot use: one warning (run, chat, embed)."""
+    if gpu_layers not in (None, 0) and not offload_supported:
+        output.warn("this llama-cpp-python build has no GPU support: running on the CPU "
+                    "(see docs/gpu.md to build it with CUDA, Metal or Vulkan)")
