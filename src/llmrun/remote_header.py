@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 
 from .download import Http
+from .errors import NetworkError
 from .gguf_info import GGUFInfo
 
 BLOCK = 1 << 20  # bytes per request; a header with a 256K-token vocabulary is ~6 MiB
@@ -40,12 +41,12 @@ class RangeFile(io.RawIOBase):
             return 0
         end = self.pos + max(want, BLOCK) - 1
         headers = {**self.http.headers, "Range": f"bytes={self.pos}-{min(end, self.size - 1)}"}
-        resp = self.http.client.get(self.url, headers=headers, timeout=self.http.timeout,
-                                    follow_redirects=True)
-        self.http.raise_for_status(resp, self.what)
-        data = resp.content
-        if resp.status_code == 200:  # a server that ignores Range sends the whole file
-            data = data[self.pos:]
+        with self.http.client.stream("GET", self.url, headers=headers,
+                                     timeout=self.http.timeout, follow_redirects=True) as resp:
+            self.http.raise_for_status(resp, self.what)
+            if resp.status_code != 206:  # it ignores Range: the whole file, maybe many GB
+                raise NetworkError(f"{self.what}: the server does not answer Range requests")
+            data = resp.read()
         got = min(want, len(data))
         buffer[:got] = data[:got]
         self.fetched += len(data)
