@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hubdouble import HubDouble
@@ -68,12 +69,43 @@ MODEL_FIXTURES = {"gemma_file", "pulled_root", "gemma_cli", "private_gemma_cli",
                   "chat_model"}
 
 
+# llmrun, a server or pip in another process, or the Hub double's network faults: a second or more
+SLOW_FIXTURES = {"cli", "hcli", "hub", "vcli", "published"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use the real model are marked `model`: `pytest -m "not model"` is the fast
-    subset (seconds), the full run is the README's command."""
+    """Tests that use the real model are marked `model`, those that start processes or wait
+    on timeouts `slow` (by their fixtures here, by hand elsewhere): `pytest -m "not model and
+    not slow"` is the fast subset (seconds), the full run is the README's command."""
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if MODEL_FIXTURES & used:
             item.add_marker(pytest.mark.model)
+        if SLOW_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_interpreter(request: pytest.FixtureRequest,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked neither `model` nor `slow` is in the fast subset: it may not start
+    Python, llmrun or a shell in another process (a tenth of a second or more each; a tool
+    such as `uname` is fine). This keeps the marks honest."""
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("model"):
+        return
+    real = subprocess.Popen.__init__
+
+    def guarded(self: subprocess.Popen[bytes], args: Any, *rest: Any, **kw: Any) -> None:
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        program = Path(os.fsdecode(argv[0]).split(" ")[0]).name if argv else ""
+        if (kw.get("shell") or kw.get("executable") or program in ("bash", "sh", "zsh", "fish")
+                or program.startswith(("python", "llmrun", "pip"))):
+            raise AssertionError(f"{request.node.nodeid} starts {program or args!r} in "
+                                 "another process: mark it @pytest.mark.slow, or test the "
+                                 "logic in this process")
+        real(self, args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @dataclass

@@ -196,6 +196,7 @@ def test_ps_counts_the_running_streams(batch_server: Server, batch_root: Path) -
     assert seen == [3]
 
 
+@pytest.mark.slow  # loads a model: its native probe is another process
 def test_parallel_sequences_that_cannot_fit_are_refused(tmp_path: object,
                                                         monkeypatch: object) -> None:
     """`serve --parallel N` reserves N contexts of KV cache: refused with one clear error

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from conftest import InProcess, make_env
 
@@ -59,6 +60,7 @@ def _sections(text: str) -> dict[str, str]:
             for i, m in enumerate(marks)}
 
 
+@pytest.mark.slow  # runs the generator script
 def test_reference_is_current(tmp_path: Path) -> None:
     done = _script(tmp_path, "--check")
     assert done.returncode == 0, done.stderr
@@ -95,6 +97,7 @@ def test_every_flag_that_help_shows_is_in_its_section(inproc: InProcess) -> None
         assert f"```\n{usage}\n```" in section, path
 
 
+@pytest.mark.slow  # runs the generator script
 def test_stale_or_missing_file_fails_with_one_line(tmp_path: Path) -> None:
     out = tmp_path / "reference.md"
     regenerate = f"python scripts/gen_cli_reference.py --output {out}"
@@ -117,6 +120,7 @@ def test_stale_or_missing_file_fails_with_one_line(tmp_path: Path) -> None:
     assert out.read_text(encoding="utf-8") == stale_text
 
 
+@pytest.mark.slow  # runs the generator script
 def test_output_does_not_depend_on_the_terminal_or_environment(tmp_path: Path) -> None:
     plain, odd = tmp_path / "plain.md", tmp_path / "odd.md"
     assert _script(tmp_path, "--output", str(plain)).returncode == 0

@@ -45,6 +45,7 @@ def roomy(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a Hub double and llmrun in other processes
 def test_fits_reads_only_the_header_from_the_hub_then_works_offline(tmp_path: Path,
                                                                      roomy: Path) -> None:
     size = roomy.stat().st_size
@@ -76,6 +77,7 @@ def test_fits_reads_only_the_header_from_the_hub_then_works_offline(tmp_path: Pa
     assert line.split("\t")[4] == "8K" and line.split("\t")[6] == "yes"
 
 
+@pytest.mark.slow  # llmrun in another process
 def test_fits_without_a_header_says_so(tmp_path: Path, roomy: Path) -> None:
     cli = Cli(make_env(tmp_path, HF_HUB_OFFLINE="1"), tmp_path)
     (tmp_path / "home").mkdir(exist_ok=True)

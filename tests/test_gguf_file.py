@@ -506,6 +506,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a process under a memory limit
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux-specific")
 def test_fuzz_under_memory_limit(fuzz_dir: Path) -> None:
     src = str(Path(llmrun.__file__).resolve().parent.parent)

@@ -533,6 +533,7 @@ def test_source_file_served_from_disk_and_records(hub: HubDouble, tmp_path: Path
     assert hub.requests == [] and hub.responses == []
 
 
+@pytest.mark.slow  # the Hub double as its own process
 def test_standalone_cli(tmp_path: Path) -> None:
     src = tmp_path / "m.gguf"
     src.write_bytes(MODEL[:5000])

@@ -274,6 +274,7 @@ models:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a real mirror in another process
 def test_pull_through_olah_a_real_hub_mirror(tmp_path: Path) -> None:
     """Interoperability: the same pull against olah, a third-party Hub implementation."""
     from olah_hub import OlahHub

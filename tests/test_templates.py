@@ -503,6 +503,7 @@ DOS = {
 }
 
 
+@pytest.mark.slow  # each waits for the time budget
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(DOS))
 def test_resource_exhaustion_is_stopped(name: str) -> None:

@@ -52,6 +52,7 @@ def test_held_back_text_is_bounded_by_the_longest_stop() -> None:
     assert len(stream._held) <= len("<end>") - 1
 
 
+@pytest.mark.slow  # loads a model: its native probe is another process
 def test_the_engine_streams_what_llama_cpp_writes_whole(tmp_path: object) -> None:
     """On a model writing byte tokens, the streamed text equals llama-cpp-python's own
     non-streamed completion of the same greedy tokens (its linear path), except that bytes

@@ -273,6 +273,7 @@ _EXIT_SCRIPT = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow  # a process that exits with a model loaded
 @pytest.mark.parametrize("close", [True, False], ids=["closed", "left-to-exit"])
 def test_close_before_exit(pair: tuple[Path, Path], close: bool) -> None:
     """Left to the interpreter's last collection, the handler's clean-up (in Llama.__del__)
