@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,11 +182,66 @@ def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: 
         return rates
 
 
+async def _one_timed(url: str, tokens: int) -> tuple[int, float, float, float]:
+    """One stream through the openai client: (tokens, request sent, first text, last text)."""
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
+                           timeout=600) as client:
+        start = time.perf_counter()
+        stream = await client.completions.create(
+            model="bench", prompt=PROMPTS[1], max_tokens=tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True})
+        first = last = 0.0
+        used = 0
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                last = time.perf_counter()
+                first = first or last
+            if chunk.usage is not None:
+                used = chunk.usage.completion_tokens
+        return used, start, first, last
+
+
+def _curl_timed(url: str, tokens: int) -> tuple[int, float, float, float]:
+    """The same stream read by curl, a client that costs next to no CPU: its own clock for
+    the first byte (the response starts with the first token) and the end."""
+    body = json.dumps({"model": "bench", "prompt": PROMPTS[1], "max_tokens": tokens,
+                       "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    out = subprocess.run(["curl", "-sSN", "-o", "/dev/stderr", "-w",
+                          "%{time_starttransfer} %{time_total}", url + "/v1/completions",
+                          "-H", "Content-Type: application/json", "-d", body],
+                         capture_output=True, text=True, check=True)
+    first, end = (float(x) for x in out.stdout.split())
+    used = json.loads([line for line in out.stderr.splitlines() if '"usage"' in line][-1][6:])
+    return int(used["usage"]["completion_tokens"]), 0.0, first, end
+
+
+def single_stream(path: Path, ctx: int, tokens: int, rounds: int) -> dict[str, list[float]]:
+    """One stream, `serve` with its default --parallel, beside the raw loop, alternating:
+    per round the raw loop's tokens/s and, for each client, request-to-last-chunk and
+    first-to-last-chunk (generation) tokens/s."""
+    rows: dict[str, list[float]] = {}
+    with _served(path, ctx, 0) as url:
+        asyncio.run(_streams(url, 1, 8))  # warm up
+        for _ in range(rounds):
+            rows.setdefault("raw", []).append(raw_loop(path, 1, tokens, ctx))
+            for name, timed in (("openai", lambda: asyncio.run(_one_timed(url, tokens))),
+                                ("curl", lambda: _curl_timed(url, tokens))):
+                used, start, first, last = timed()
+                rows.setdefault(f"{name} wall", []).append(used / (last - start))
+                rows.setdefault(f"{name} gen", []).append((used - 1) / (last - first))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--single-rounds", type=int, default=5,
+                    help="alternating rounds of the one-stream comparison (0: skip it)")
     args = ap.parse_args()
     path = args.model
     if path is None:
@@ -203,6 +260,20 @@ def main() -> None:
         print(f"| {n} | {raw[n]:.1f} ({raw[n] / raw[1]:.2f}x) | "
               f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {served[n] / raw[n]:.2f} |")
     print(f"| 1, `serve` without --parallel | | {single:.1f} | {single / raw[1]:.2f} |")
+    if args.single_rounds:
+        rows = single_stream(path, args.ctx, args.tokens, args.single_rounds)
+        print(f"\none stream, `serve` with its default --parallel, medians of "
+              f"{args.single_rounds} alternating rounds (ratio: median of per-round ratios)")
+        print("| | tokens/s | / raw loop |")
+        print("|---|---|---|")
+        print(f"| raw llama.cpp loop | {statistics.median(rows['raw']):.1f} | 1.00 |")
+        labels = {"openai wall": "openai client, request to last chunk",
+                  "openai gen": "openai client, first to last chunk",
+                  "curl wall": "curl, request to last chunk",
+                  "curl gen": "curl, first to last chunk"}
+        for key, label in labels.items():
+            ratio = statistics.median(v / r for v, r in zip(rows[key], rows["raw"], strict=True))
+            print(f"| {label} | {statistics.median(rows[key]):.1f} | {ratio:.3f} |")
     idle, busy, gap = serve_latency(path, max(args.ctx, 1024))
     print(f"\ntime to first token, --parallel 4: idle {idle * 1000:.0f} ms, while 3 streams "
           f"run {busy * 1000:.0f} ms ({busy / idle:.2f}x); longest gap of a running stream "

@@ -224,3 +224,44 @@ def test_parallel_sequences_that_cannot_fit_are_refused(tmp_path: object,
         BatchEngine(model, 8).close()
     finally:
         model.close()
+
+
+def test_greedy_takes_the_token_the_sampler_chain_takes(gemma_file: Path) -> None:
+    """A greedy request without a grammar or penalty skips the sampler chain (it copies every
+    logit first) and takes the argmax: the same token as llama.cpp's greedy chain, step by
+    step, over 64 tokens of the real model, and the same answer."""
+    import llama_cpp
+
+    from llmrun.datatypes import LoadOptions, Sampling
+    from llmrun.engine import Model
+    from llmrun.engine.batch import BatchEngine
+
+    model = Model(gemma_file, LoadOptions(n_ctx=512))
+    engine = BatchEngine(model, 2)
+    try:
+        answers: dict[str, str] = {}
+        for rid, greedy in (("fast", True), ("chain", False)):
+            engine.start(rid, model.tokenize("Once upon a time", templated=False),
+                         Sampling(temperature=0.0, max_tokens=64))
+            seq = next(s for s in engine.seqs if s.rid == rid)
+            assert seq.greedy  # what start() chose for these settings
+            seq.greedy = greedy
+            steps = 0
+            pieces: list[str] = []
+            while engine.active:
+                engine.step(lambda _rid, event: pieces.append(event.get("piece", "")))
+                if engine.active:  # the argmax agrees with the chain at every step
+                    index = -1  # one stream: the batch's last output is its token's
+                    chain = engine._sampler(Sampling(temperature=0.0))
+                    try:
+                        assert int(engine._logits(index).argmax()) == int(
+                            llama_cpp.llama_sampler_sample(chain.sampler, engine.ctx, index))
+                    finally:
+                        chain.close()
+                    steps += 1
+            assert steps >= 60
+            answers[rid] = "".join(pieces)
+        assert answers["fast"] == answers["chain"] and answers["fast"]
+    finally:
+        engine.close()
+        model.close()

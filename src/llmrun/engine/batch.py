@@ -42,6 +42,7 @@ class _Seq:
     pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
     last: int | None = None  # the sampled token to evaluate next
     sampler: Any = None
+    greedy: bool = False  # argmax of the logits: what the sampler would pick, without its copy
     text: TextStream | None = None
     result: Result = field(default_factory=Result)
     max_tokens: int = 0
@@ -84,6 +85,7 @@ class BatchEngine:
             raise ModelError(f"could not make a context for {n_seq} parallel sequences",
                              hint="try a smaller --parallel or --ctx")
         self.vocab = llama_cpp.llama_model_get_vocab(model.llama.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.seqs = [_Seq(i) for i in range(n_seq)]
 
@@ -126,6 +128,9 @@ class BatchEngine:
         seq.pending = tokens[common:]
         seq.rid, seq.last, seq.cancel = rid, None, False
         seq.sampler = sampler
+        seq.greedy = (sampling.temperature == 0.0 and sampling.repeat_penalty == 1.0
+                      and sampling.tool_grammar is None and sampling.json_schema is None
+                      and not sampling.json_any)  # the chain: no-op penalties, greedy
         seq.text = TextStream(sampling.stop)
         seq.result = Result(prompt_tokens=len(tokens), load_s=self.model.load_s,
                             prompt_evaluated=len(seq.pending))
@@ -193,7 +198,10 @@ class BatchEngine:
         for s, index in sample_at:
             if s.prompt_done is None:
                 s.prompt_done = now
-            token = int(llama_cpp.llama_sampler_sample(s.sampler.sampler, self.ctx, index))
+            if s.greedy:  # llama.cpp's greedy sampler also takes the first highest logit
+                token = int(self._logits(index).argmax())
+            else:
+                token = int(llama_cpp.llama_sampler_sample(s.sampler.sampler, self.ctx, index))
             if s.first is None:
                 s.first = now
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
@@ -211,6 +219,19 @@ class BatchEngine:
                 self._finish(s, "length", emit)
             else:
                 s.last = token
+
+    def _logits(self, index: int) -> Any:
+        """The logits of batch entry ``index``, as a numpy view (no copy). The sampler chain
+        copies all of them into a candidates array first: about 0.2 ms a token for a 262k
+        vocabulary, 2% of a token's time for Gemma 3 270M on two cores."""
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+
+        pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.n_vocab,))
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch

@@ -208,24 +208,29 @@ class Api:
         try:
             if r.kind == "chat":
                 yield http.sse(r.chunk(first=True, usage=usage))
-            while True:
+            while isinstance(ev, Piece):
+                # the pieces that came while this stream waited for its turn on the loop go
+                # in one write, each still its own event (one token each, as before)
+                out = [http.sse(r.chunk(delta=ev.delta, usage=usage))]
+                while not job.events.empty():
+                    ev = job.events.get_nowait()
+                    if not isinstance(ev, Piece):
+                        break
+                    out.append(http.sse(r.chunk(delta=ev.delta, usage=usage)))
+                yield b"".join(out)
                 if isinstance(ev, Piece):
-                    yield http.sse(r.chunk(delta=ev.delta, usage=usage))
-                else:
-                    finished = True
-                    if isinstance(ev, Done):
-                        _record(state, ev.result)
-                    if isinstance(ev, Failed) or ev.cancelled:
-                        err = to_api_error(ev.error) if isinstance(ev, Failed) else (
-                            _cancelled(job))
-                        state.note = f"error: {err.message[:100]}"
-                        yield http.sse(err.body())
-                    else:
-                        yield http.sse(r.chunk(finish=ev.result.finish_reason, usage=usage))
-                        if usage:
-                            yield http.sse(r.usage_chunk(ev.result))
-                    break
-                ev = await job.events.get()
+                    ev = await job.events.get()
+            finished = True
+            if isinstance(ev, Done):
+                _record(state, ev.result)
+            if isinstance(ev, Failed) or ev.cancelled:
+                err = to_api_error(ev.error) if isinstance(ev, Failed) else _cancelled(job)
+                state.note = f"error: {err.message[:100]}"
+                yield http.sse(err.body())
+            else:
+                yield http.sse(r.chunk(finish=ev.result.finish_reason, usage=usage))
+                if usage:
+                    yield http.sse(r.usage_chunk(ev.result))
             yield b"data: [DONE]\n\n"
         finally:
             if not finished:
