@@ -241,3 +241,20 @@ def test_commands_and_empty_drafts_are_not_read_ahead(model: Model) -> None:
         opening = s._opening()
         assert model.llama.n_tokens == len(opening) - 1
         s.settle()
+
+
+def test_closing_a_turns_text_ends_the_turn_at_once(model: Model) -> None:
+    """A reply stopped after its first piece is in the history right away, as far as it
+    got, so the next turn alternates user and assistant (the template insists)."""
+    model.llama.reset()
+    s = Session(model, Sampling(temperature=0, max_tokens=24), trim=True)
+    turn = s.ask(QUESTIONS[0])
+    text = iter(turn)
+    first = next(text)
+    text.close()
+    assert [m["role"] for m in s.messages] == ["user", "assistant"]
+    assert s.messages[-1]["content"] == turn.result.text.strip()
+    assert first.strip() and first.strip() in turn.result.text
+    assert turn.result.completion_tokens < 24
+    del s.messages[-2:]  # a retake, as the chat benchmark does
+    assert "".join(s.ask(QUESTIONS[0]))  # renders: the roles still alternate

@@ -50,9 +50,17 @@ class Turn:
     dropped: int = 0  # turns trimmed from the front to make room
 
     def __iter__(self) -> Iterator[str]:
-        for delta in self.deltas:
-            if delta.content:
-                yield delta.content
+        """The answer's text. Closing this iterator early ends the turn then and there (the
+        generation stops, the reply so far joins the history), not whenever the Turn is
+        collected."""
+        try:
+            for delta in self.deltas:
+                if delta.content:
+                    yield delta.content
+        finally:
+            close = getattr(self.deltas, "close", None)
+            if close is not None:
+                close()
 
 
 @dataclass
