@@ -239,7 +239,7 @@ def test_commands_and_empty_drafts_are_not_read_ahead(model: Model) -> None:
     for draft in ("/show", "   ", '"""'):
         s = _typed(model, draft)
         opening = s._opening()
-        assert model.llama.n_tokens == len(opening) - 1
+        assert model.llama.n_tokens == len(opening)  # the whole opening: this cache can drop a token
         s.settle()
 
 
@@ -255,6 +255,7 @@ def test_closing_a_turns_text_ends_the_turn_at_once(model: Model) -> None:
     assert [m["role"] for m in s.messages] == ["user", "assistant"]
     assert s.messages[-1]["content"] == turn.result.text.strip()
     assert first.strip() and first.strip() in turn.result.text
-    assert turn.result.completion_tokens < 24
+    assert 1 <= turn.result.completion_tokens < 24  # its numbers, as far as it got
+    assert turn.result.prompt_evaluated == turn.result.prompt_tokens > 0
     del s.messages[-2:]  # a retake, as the chat benchmark does
     assert "".join(s.ask(QUESTIONS[0]))  # renders: the roles still alternate

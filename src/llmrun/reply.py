@@ -127,6 +127,23 @@ class ReplyStream:
                 grammar = self._grammar("whole")
             tokens = self.engine.tokenize(self.prompt + self.raw, templated=True)
         total = Result()
+        try:
+            yield from self._phases(tokens, grammar, constrained, total)
+        finally:  # also when the reply is stopped early (Ctrl-C, a client gone): its numbers
+            res = self.result  # as far as it got
+            for name in ("prompt_tokens", "completion_tokens", "load_s", "prompt_s", "gen_s",
+                         "prompt_evaluated", "finish_reason"):
+                setattr(res, name, getattr(total, name))
+        reply = self.parser.reply
+        res.text, res.reasoning = reply.content, reply.reasoning
+        res.tool_calls = [_openai_call(c) for c in reply.tool_calls]
+        if reply.tool_calls and res.finish_reason in ("stop", None):
+            res.finish_reason = "tool_calls"
+
+    def _phases(self, tokens: list[int], grammar: Any, constrained: bool, total: Result
+                ) -> Iterator[Delta]:
+        """Generation phase after phase (a trace closed over budget, a call under its
+        grammar), their numbers added up in ``total``."""
         first = True
         limit = self.sampling.max_tokens
         while True:
@@ -174,15 +191,6 @@ class ReplyStream:
         delta = self._new()
         if delta:
             yield delta
-        reply = self.parser.reply
-        res = self.result
-        for name in ("prompt_tokens", "completion_tokens", "load_s", "prompt_s", "gen_s",
-                     "prompt_evaluated", "finish_reason"):
-            setattr(res, name, getattr(total, name))
-        res.text, res.reasoning = reply.content, reply.reasoning
-        res.tool_calls = [_openai_call(c) for c in reply.tool_calls]
-        if reply.tool_calls and res.finish_reason in ("stop", None):
-            res.finish_reason = "tool_calls"
 
     def _json_trace(self) -> str | None:
         """A reasoning model asked for JSON: its trace first, then the JSON (only the first

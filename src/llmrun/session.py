@@ -78,6 +78,7 @@ class Session:
     prefix_cache: PrefixCache | None = None  # prompt prefixes kept on disk across runs
     model_sha: str = ""  # the model file's sha256 (the prefix cache's key)
     _ahead: ReadAhead | None = field(default=None, init=False, repr=False)
+    _from_disk: int = field(default=0, init=False, repr=False)  # the opening, read ahead
     _fmt: tuple[ReplyFormat, dict[str, Any]] | None = field(default=None, init=False,
                                                             repr=False)
 
@@ -153,7 +154,12 @@ class Session:
                   committed: bool) -> int:
         # a committed job goes in the batch-sized decodes generate() would make (the same
         # split on every run); a guess in small ones, so that it can be called off quickly
-        return self.model.prefill(tokens, cancelled, None if committed else PREFILL_PIECE)
+        if committed:  # the opening (the only committed job), the next prompt's head: from
+            # the prefix cache or evaluated and kept, here while the user types, not at Enter
+            done, _, disk = self._load_or_evaluate(tokens, cancelled)
+            self._from_disk = disk
+            return done
+        return self.model.prefill(tokens, cancelled, PREFILL_PIECE)
 
     def offer(self, draft: str) -> None:
         """The message as typed so far (chat's keyboard handler calls this on every change):
@@ -180,8 +186,9 @@ class Session:
                 found = self._tokens([*history, {"role": "user", "content": draft}])
             else:
                 found = self._opening(history, draft)
-                if not draft:  # the last token before the message may merge with its start
-                    found = found[:-1]
+                if not draft and not self.model.can_roll_back:  # the last token before the
+                    found = found[:-1]  # message may merge with its start: a cache that cannot
+                    # drop it would have to start again (one that can drops it cheaply)
             return found if len(found) + self.reserve <= self.model.n_ctx else []
         return tokens
 
@@ -288,25 +295,40 @@ class Session:
         turn's numbers."""
         from .prefix_cache import MIN_TOKENS
 
+        read_ahead, self._from_disk = self._from_disk, 0
         if head < MIN_TOKENS or head >= len(tokens):
             return 0, 0.0
-        held = common_prefix(list(self.model.llama.input_ids[: self.model.llama.n_tokens]),
-                             tokens)
-        if self.prefix_cache is not None and self.model_sha and held < head:
-            hit = self.prefix_cache.lookup(self._cache_key(), tokens[:head])
-            if hit is not None and hit.usable >= head:
-                if self.model.load_prefix_state(hit.tokens, hit.payload, head):
-                    result.prompt_from_disk = head
-                    return 0, 0.0
-                hit.path.unlink(missing_ok=True)  # llama.cpp refused it: never again
+        if read_ahead and common_prefix(
+                list(self.model.llama.input_ids[: self.model.llama.n_tokens]), tokens) >= head:
+            result.prompt_from_disk = min(head, read_ahead)  # the read-ahead loaded it
+        done, took, disk = self._load_or_evaluate(tokens[:head])
+        if disk:
+            result.prompt_from_disk = head
+        return done, took
+
+    def _load_or_evaluate(self, head: list[int], cancelled: Callable[[], bool] | None = None
+                          ) -> tuple[int, float, int]:
+        """``head`` into the cache: loaded from the on-disk prefix cache when it is there, else
+        evaluated and kept (_keep). Returns (tokens evaluated, seconds, tokens from disk)."""
         import time
 
+        from .prefix_cache import MIN_TOKENS
+
+        llama = self.model.llama
+        held = common_prefix(list(llama.input_ids[: llama.n_tokens]), head)
+        if (self.prefix_cache is not None and self.model_sha and held < len(head)
+                and len(head) >= MIN_TOKENS):
+            hit = self.prefix_cache.lookup(self._cache_key(), head)
+            if hit is not None and hit.usable >= len(head):
+                if self.model.load_prefix_state(hit.tokens, hit.payload, len(head)):
+                    return 0, 0.0, len(head)
+                hit.path.unlink(missing_ok=True)  # llama.cpp refused it: never again
         start = time.perf_counter()
-        done = self.model.prefill(tokens[:head])
+        done = self.model.prefill(head, cancelled)
         took = time.perf_counter() - start if done else 0.0
         if done:
-            self._keep(tokens[:head])  # now, before anything moves a sliding window on
-        return done, took
+            self._keep(head)  # now, before anything moves a sliding window on
+        return done, took, 0
 
     def _keep(self, head: list[int]) -> None:
         """The state of ``head`` (all the model's cache holds now): written to the prefix
