@@ -171,6 +171,42 @@ def serve_latency(path: Path, ctx: int) -> tuple[float, float, float]:
         return asyncio.run(_latency(url))
 
 
+def serve_latency_curl(path: Path, ctx: int, rounds: int = 3) -> tuple[float, float]:
+    """(median time to first token idle, the same while 3 streams run), every client a curl
+    process: the openai client's own event loop, busy with three streams' chunks, is not in
+    the measurement."""
+    def body(prompt: str, tokens: int) -> str:
+        return json.dumps({"model": "bench", "prompt": prompt, "max_tokens": tokens,
+                           "temperature": 0, "stream": True})
+
+    def curl(url: str, prompt: str, tokens: int) -> list[str]:
+        return ["curl", "-sSN", "-o", "/dev/null", "-w", "%{time_starttransfer}",
+                url + "/v1/completions", "-H", "Content-Type: application/json",
+                "-d", body(prompt, tokens)]
+
+    def first_token(url: str) -> float:
+        out = subprocess.run(curl(url, "Hello there", 4), capture_output=True, text=True,
+                             check=True)
+        return float(out.stdout)
+
+    with _served(path, ctx, 4) as url:
+        first_token(url)  # warm up
+        idle = [first_token(url) for _ in range(3 * rounds)]
+        busy = []
+        for _ in range(rounds):
+            running = [subprocess.Popen(curl(url, p, 150), stdout=subprocess.DEVNULL)
+                       for p in PROMPTS[:3]]
+            while True:  # all three streaming: each has a slot, none has ended
+                ps = json.loads(subprocess.run(["curl", "-sS", url + "/api/ps"],
+                                               capture_output=True, text=True).stdout)
+                if sum(m.get("running", 0) for m in ps.get("models", [])) >= 3:
+                    break
+            busy += [first_token(url) for _ in range(3)]
+            for proc in running:
+                proc.wait()
+        return statistics.median(idle), statistics.median(busy)
+
+
 def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int
                 ) -> dict[int, float]:
     with _served(path, ctx, parallel) as url:
@@ -274,6 +310,9 @@ def main() -> None:
         for key, label in labels.items():
             ratio = statistics.median(v / r for v, r in zip(rows[key], rows["raw"], strict=True))
             print(f"| {label} | {statistics.median(rows[key]):.1f} | {ratio:.3f} |")
+    idle_c, busy_c = serve_latency_curl(path, max(args.ctx, 1024))
+    print(f"\ntime to first token, --parallel 4, curl clients: idle {idle_c * 1000:.0f} ms, "
+          f"while 3 streams run {busy_c * 1000:.0f} ms ({busy_c / idle_c:.2f}x)")
     idle, busy, gap = serve_latency(path, max(args.ctx, 1024))
     print(f"\ntime to first token, --parallel 4: idle {idle * 1000:.0f} ms, while 3 streams "
           f"run {busy * 1000:.0f} ms ({busy / idle:.2f}x); longest gap of a running stream "
