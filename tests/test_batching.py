@@ -248,8 +248,12 @@ def test_greedy_takes_the_token_the_sampler_chain_takes(gemma_file: Path) -> Non
             seq.greedy = greedy
             steps = 0
             pieces: list[str] = []
+
+            def keep(_rid: str, event: dict[str, Any], into: list[str] = pieces) -> None:
+                into.append(str(event.get("piece", "")))
+
             while engine.active:
-                engine.step(lambda _rid, event: pieces.append(event.get("piece", "")))
+                engine.step(keep)
                 if engine.active:  # the argmax agrees with the chain at every step
                     index = -1  # one stream: the batch's last output is its token's
                     chain = engine._sampler(Sampling(temperature=0.0))

@@ -239,7 +239,7 @@ def test_commands_and_empty_drafts_are_not_read_ahead(model: Model) -> None:
     for draft in ("/show", "   ", '"""'):
         s = _typed(model, draft)
         opening = s._opening()
-        assert model.llama.n_tokens == len(opening)  # the whole opening: this cache can drop a token
+        assert model.llama.n_tokens == len(opening)  # whole: this cache can drop a token
         s.settle()
 
 
