@@ -398,6 +398,35 @@ def test_disconnect_mid_stream_frees_the_model(server: Server, client: openai.Op
     assert r.choices[0].text and r.usage and r.usage.completion_tokens > 0
 
 
+def test_one_at_a_time_a_stream_stopped_early_leaves_the_pipe_in_step(
+        served_root: Path) -> None:
+    """--parallel 1: the model's process streams pieces without a call per token and a stop
+    ends it; every later answer is still its own (no piece of the stopped stream read as
+    the next request's reply)."""
+    server = Server(served_root, "--ctx", "512", "--parallel", "1")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        args: dict[str, Any] = {"model": GEMMA, "prompt": "Hi", "max_tokens": 8,
+                                "temperature": 0}
+        before = client.completions.create(**args).choices[0].text
+        for _ in range(2):
+            mark = len(server.lines)
+            stream = client.completions.create(model=GEMMA, prompt="Count: 1, 2, 3, 4, 5,",
+                                               max_tokens=400, temperature=0, stream=True)
+            for n, _chunk in enumerate(stream, 1):
+                if n == 3:
+                    break
+            stream.close()
+            line = server.wait_for(r"POST /v1/completions .*cancelled", after=mark)
+            assert _tokens(line) < 100, line
+            assert client.completions.create(**args).choices[0].text == before
+        streamed = client.completions.create(**args, stream=True)
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == before
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
 def test_disconnect_mid_request_frees_the_model(server: Server, client: openai.OpenAI) -> None:
     mark = len(server.lines)
     body = json.dumps({"model": GEMMA, "prompt": "Count: 1, 2, 3, 4, 5,", "max_tokens": 400,
