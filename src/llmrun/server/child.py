@@ -182,7 +182,7 @@ class ChildEngine:
     def _generate_lockstep(self, tokens: list[int], sampling: Sampling,
                            result: Result | None) -> Iterator[str]:
         """One request at a time: the child streams its pieces without a call per token (a
-        round trip each cost 5% of one stream's speed on two cores); the pipe is this
+        round trip each cost about 3% of one stream's speed on two cores); the pipe is this
         generation's until its end, so the call lock is held until then. Closing this early
         tells the child to stop, then reads on to its end."""
         res = result if result is not None else Result()
