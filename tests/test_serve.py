@@ -384,7 +384,8 @@ def _fifty_clients(server: Server, client: openai.OpenAI) -> None:
     assert statuses.count("503") == len(busy) and set(statuses) <= {"200", "503"}
 
 
-def test_disconnect_mid_stream_frees_the_model(server: Server, client: openai.OpenAI) -> None:
+def _stop_a_stream_early(server: Server, client: openai.OpenAI) -> str:
+    """A 400-token stream closed by its client after 3 chunks: the server's log line."""
     mark = len(server.lines)
     stream = client.completions.create(model=GEMMA, prompt="Count: 1, 2, 3, 4, 5,",
                                        max_tokens=400, temperature=0, stream=True)
@@ -392,7 +393,11 @@ def test_disconnect_mid_stream_frees_the_model(server: Server, client: openai.Op
         if n == 3:
             break
     stream.close()
-    line = server.wait_for(r"POST /v1/completions .*cancelled", after=mark)
+    return server.wait_for(r"POST /v1/completions .*cancelled", after=mark)
+
+
+def test_disconnect_mid_stream_frees_the_model(server: Server, client: openai.OpenAI) -> None:
+    line = _stop_a_stream_early(server, client)
     assert "status=200" in line and _tokens(line) < 100, line
     r = client.completions.create(model=GEMMA, prompt="Hi", max_tokens=4, timeout=120)
     assert r.choices[0].text and r.usage and r.usage.completion_tokens > 0
@@ -410,14 +415,7 @@ def test_one_at_a_time_a_stream_stopped_early_leaves_the_pipe_in_step(
                                 "temperature": 0}
         before = client.completions.create(**args).choices[0].text
         for _ in range(2):
-            mark = len(server.lines)
-            stream = client.completions.create(model=GEMMA, prompt="Count: 1, 2, 3, 4, 5,",
-                                               max_tokens=400, temperature=0, stream=True)
-            for n, _chunk in enumerate(stream, 1):
-                if n == 3:
-                    break
-            stream.close()
-            line = server.wait_for(r"POST /v1/completions .*cancelled", after=mark)
+            line = _stop_a_stream_early(server, client)
             assert _tokens(line) < 100, line
             assert client.completions.create(**args).choices[0].text == before
         streamed = client.completions.create(**args, stream=True)
