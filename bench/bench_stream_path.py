@@ -21,30 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_batch as bb
 
-TICK = os.sysconf("SC_CLK_TCK")
 
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        text = Path(f"/proc/{pid}/task/{task}/children").read_text()
-        found += [int(c) for c in text.split()]
-    return found
+def _cpu(proc: psutil.Process) -> float:
+    """CPU seconds the process has used (user and system), as the kernel counts them."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def in_process(path: Path, tokens: int, ctx: int) -> float:
@@ -111,8 +103,7 @@ def main() -> None:
         rates.setdefault(key, []).append(value)
 
     with bb._served(path, ctx, 0) as url:
-        server = next(k for k in _children(os.getpid())
-                      if "serve" in Path(f"/proc/{k}/cmdline").read_text())
+        server = next(p for p in psutil.Process().children() if "serve" in p.cmdline())
         asyncio.run(bb._streams(url, 1, 8))  # warm up
         for _ in range(args.rounds):
             add("raw", bb.raw_loop(path, 1, n, ctx))
