@@ -89,8 +89,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _fast_tests_start_no_interpreter(request: pytest.FixtureRequest,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A test marked neither `model` nor `slow` is in the fast subset: it may not start
-    Python, llmrun or a shell in another process (a tenth of a second or more each; a tool
-    such as `uname` is fine). This keeps the marks honest."""
+    Python, llmrun, pip or a shell through subprocess (a tenth of a second or more each; a
+    tool such as `uname` is fine). This keeps the marks honest. (A pexpect child is started
+    without subprocess: the tests that drive one use the `slow` fixtures.)"""
     if request.node.get_closest_marker("slow") or request.node.get_closest_marker("model"):
         return
     real = subprocess.Popen.__init__
