@@ -269,3 +269,53 @@ def test_greedy_takes_the_token_the_sampler_chain_takes(gemma_file: Path) -> Non
     finally:
         engine.close()
         model.close()
+
+
+def test_a_prompt_that_ends_in_a_step_has_it_to_itself(gemma_file: Path) -> None:
+    """A request joining running streams gets its first token from a step of its own prompt
+    (the streams' tokens would cost it their time too); the streams wait that one step and
+    never two in a row; a prompt longer than a step's chunk is read beside the streams and
+    has a step to itself only for its last chunk."""
+    from llmrun.datatypes import LoadOptions, Sampling
+    from llmrun.engine import Model
+    from llmrun.engine.batch import PREFILL_CHUNK, BatchEngine
+
+    model = Model(gemma_file, LoadOptions(n_ctx=1024))
+    engine = BatchEngine(model, 4)
+    endless = Sampling(temperature=0.0, max_tokens=900)
+
+    def counts() -> dict[str, int]:
+        return {s.rid: s.result.completion_tokens for s in engine.seqs if s.rid is not None}
+
+    def step() -> dict[str, int]:
+        """Tokens each request got from one step."""
+        before = counts()
+        engine.step(lambda _rid, _event: None)
+        return {rid: n - before.get(rid, 0) for rid, n in counts().items()}
+
+    try:
+        for rid, prompt in (("a", PROMPTS[0]), ("b", PROMPTS[1])):
+            engine.start(rid, model.tokenize(prompt, templated=False), endless)
+        assert step() == {"a": 1, "b": 1}  # nothing streamed yet: both prompts together
+        assert step() == {"a": 1, "b": 1}
+
+        engine.start("c", model.tokenize(PROMPTS[2], templated=False), endless)
+        assert step() == {"a": 0, "b": 0, "c": 1}  # c's prompt alone: its first token
+        engine.start("d", model.tokenize(PROMPTS[3], templated=False), endless)
+        # d came right after c's step, which left the streams waiting: they go first now
+        assert step() == {"a": 1, "b": 1, "c": 1, "d": 1}
+        assert step() == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+        engine.cancel("d")
+        assert step() == {"a": 1, "b": 1, "c": 1}
+        long = model.tokenize(" ".join(["word"] * (3 * PREFILL_CHUNK)), templated=False)
+        engine.start("long", long, endless)
+        seen = []
+        while counts()["long"] == 0:
+            seen.append(step())
+        assert all(s == {"a": 1, "b": 1, "c": 1, "long": 0} for s in seen[:-1])
+        assert seen[-1] == {"a": 0, "b": 0, "c": 0, "long": 1}
+        assert len(seen) >= 3  # read in chunks beside the streams first
+    finally:
+        engine.close()
+        model.close()
