@@ -341,8 +341,8 @@ def main() -> None:
         if batch is not None and batch.active:  # requests are read between steps
             waiting = lines.ready()
             while waiting:  # a server's calls come in runs (tokenize, then start): take the
-                wait = 0.002  # whole run before the next step, not one per step
-                for one in waiting:
+                wait = 0.0  # whole run before the next step, not one per step; after a
+                for one in waiting:  # start, the step that serves it begins at once
                     if _serve_line(state, one, replies) in LEADS_TO_START:
                         wait = FOLLOW_UP_S
                 waiting = lines.ready(wait=wait)

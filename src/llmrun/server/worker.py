@@ -276,37 +276,37 @@ class Slot:
             gc.collect()  # llama_cpp.Llama frees its native memory in __del__
 
     def _run_batched(self, engine: Engine, parallel: int) -> None:
-        """Up to ``parallel`` jobs at once, each in a thread of its own, their tokens decoded
-        together by the model's process: a job starts as soon as a sequence is free."""
-        free = threading.Semaphore(parallel)
-        running: list[threading.Thread] = []
+        """Up to ``parallel`` jobs at once, their tokens decoded together by the model's
+        process: as many threads, each taking the next job from the queue when it is free.
+        A job goes straight to a waiting thread: a thread started per job, handed the job by
+        this one, cost a new request 3 ms before its first call while streams kept both
+        cores busy."""
         crashed = threading.Event()
 
-        def one(job: Job) -> None:
-            try:
-                self._execute(engine, job, lock=False)
-            except Exception as exc:
-                job.post(Failed(exc))
-                if getattr(engine, "dead", False) and not crashed.is_set():
-                    crashed.set()  # the model's process is gone: a new request reloads
-                    self._call(self.owner.crashed, self, exc)
-            finally:
-                self._call(self.owner.finished, self, job)
-                free.release()
+        def serve_jobs() -> None:
+            while (job := self.jobs.get()) is not None:
+                if job.cancelled.is_set():
+                    job.post(Done(Result(), cancelled=True))
+                    self._call(self.owner.finished, self, job)
+                    continue
+                self._call(self.owner.started, self, job)
+                try:
+                    self._execute(engine, job, lock=False)
+                except Exception as exc:
+                    job.post(Failed(exc))
+                    if getattr(engine, "dead", False) and not crashed.is_set():
+                        crashed.set()  # the model's process is gone: a new request reloads
+                        self._call(self.owner.crashed, self, exc)
+                finally:
+                    self._call(self.owner.finished, self, job)
+            self.jobs.put(None)  # the end: for the other threads too
 
-        while (job := self.jobs.get()) is not None:
-            free.acquire()
-            if job.cancelled.is_set():
-                job.post(Done(Result(), cancelled=True))
-                self._call(self.owner.finished, self, job)
-                free.release()
-                continue
-            self._call(self.owner.started, self, job)
-            thread = threading.Thread(target=one, args=(job,), daemon=True,
-                                      name=f"llmrun-job-{self.spec.name}")
+        threads = [threading.Thread(target=serve_jobs, daemon=True,
+                                    name=f"llmrun-job-{self.spec.name}")
+                   for _ in range(parallel)]
+        for thread in threads:
             thread.start()
-            running = [t for t in running if t.is_alive()] + [thread]
-        for thread in running:
+        for thread in threads:
             thread.join()
 
     @staticmethod
