@@ -103,6 +103,39 @@ def test_a_late_request_starts_while_long_streams_run(batch_server: Server) -> N
     assert all(log.index(("end", p)) > late_first for p in PROMPTS[:3]), log
 
 
+def test_a_conversation_going_on_starts_from_its_cache_beside_running_streams(
+        batch_server: Server) -> None:
+    """Prefix reuse per slot: a prompt that continues an earlier one, sent while other
+    streams run, evaluates only what is new; usage.prompt_tokens_details.cached_tokens
+    (OpenAI's field) says how many prompt tokens came from the cache."""
+    story = ("Here is a long story about a cat and a dog who lived together in a small house "
+             "by the sea, and what they did each day of the week.")
+
+    async def main() -> tuple[Any, Any]:
+        async with _client(batch_server.url) as client:
+            first = await client.completions.create(model=GEMMA, prompt=story, max_tokens=8,
+                                                    temperature=0)
+            running = []
+            for prompt in PROMPTS[:2]:  # two streams, each with a token out: both decoding
+                stream = await client.completions.create(
+                    model=GEMMA, prompt=prompt, max_tokens=200, temperature=0, stream=True)
+                await stream.__anext__()
+                running.append(stream)
+            try:
+                again = await client.completions.create(
+                    model=GEMMA, prompt=story + first.choices[0].text + " Then", max_tokens=4,
+                    temperature=0)
+            finally:
+                for stream in running:
+                    await stream.close()
+            return first, again
+
+    first, again = asyncio.run(main())
+    assert first.usage.prompt_tokens > 20
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens - 1 <= cached < again.usage.prompt_tokens
+
+
 def test_cancelling_one_stream_leaves_the_others_whole(batch_server: Server) -> None:
     log: list[tuple[str, str]] = []
     mark = len(batch_server.lines)
@@ -319,3 +352,110 @@ def test_a_prompt_that_ends_in_a_step_has_it_to_itself(gemma_file: Path) -> None
     finally:
         engine.close()
         model.close()
+
+
+def _busy(engine: Any) -> list[int]:
+    return sorted(s.seq for s in engine.seqs if s.rid is not None)
+
+
+def test_when_one_in_the_middle_ends_the_last_moves_into_its_place(gemma_file: Path) -> None:
+    """llama.cpp decodes only consecutive sequence ids in one pass (engine/batch.py): when the
+    middle one of three streams ends, the last moves into its slot with a copy of its cache
+    and goes on as it would have (its next logits match those of the same step unmoved),
+    and the slot it left keeps its tokens for a request that starts the same way."""
+    import numpy as np
+
+    from llmrun.datatypes import LoadOptions, Sampling
+    from llmrun.engine import Model
+    from llmrun.engine.batch import BatchEngine
+
+    model = Model(gemma_file, LoadOptions(n_ctx=512))
+    logits: dict[bool, Any] = {}
+    try:
+        for compact in (True, False):
+            engine = BatchEngine(model, 4)
+            engine.compact = compact
+            try:
+                for rid, prompt in zip("abc", PROMPTS, strict=False):
+                    engine.start(rid, model.tokenize(prompt, templated=False),
+                                 Sampling(temperature=0.0, max_tokens=100))
+                for _ in range(4):
+                    engine.step(lambda _rid, _event: None)
+                assert _busy(engine) == [0, 1, 2]
+                moving = next(s for s in engine.seqs if s.rid == "c")
+                engine.cancel("b")
+                engine.step(lambda _rid, _event: None)  # b ends, c moves, a and c decode
+                logits[compact] = np.array(engine._logits(1))  # the batch: a, then c
+                if compact:
+                    assert _busy(engine) == [0, 1] and moving.seq == 1
+                    left = engine.seqs[2]
+                    assert left.rid is None and left.cached == moving.cached[:-1]
+                else:
+                    assert _busy(engine) == [0, 2]
+            finally:
+                engine.close()
+    finally:
+        model.close()
+    moved, unmoved = logits[True], logits[False]
+    assert int(moved.argmax()) == int(unmoved.argmax())
+    assert np.corrcoef(moved, unmoved)[0, 1] > 0.999  # the same cache, not an empty one
+
+
+def test_a_prefix_cached_away_from_the_running_slots_is_copied_beside_them(
+        gemma_file: Path) -> None:
+    """A conversation whose earlier turn is cached in a slot apart from the busy ones gets a
+    slot beside them with a copy of that cache: it evaluates only its new tokens, and the
+    busy ids stay consecutive."""
+    import numpy as np
+
+    from llmrun.datatypes import LoadOptions, Sampling
+    from llmrun.engine import Model
+    from llmrun.engine.batch import BatchEngine
+
+    model = Model(gemma_file, LoadOptions(n_ctx=512))
+    engine = BatchEngine(model, 5)
+    done: dict[str, str] = {}
+
+    def keep(rid: str, event: dict[str, Any]) -> None:
+        if "done" in event:
+            done[rid] = event["done"]["text"]
+
+    try:
+        first = model.tokenize("Here is a long story about a cat and a dog who lived together "
+                               "in a small house by the sea, and what they did each day.",
+                               templated=False)
+        assert len(first) > 20
+        engine.start("x", first, Sampling(temperature=0.0, max_tokens=4))
+        while engine.active:
+            engine.step(keep)
+        assert engine.seqs[0].cached[:len(first)] == first
+        held = list(engine.seqs[0].cached)
+        for rid, prompt in zip("abc", PROMPTS[1:], strict=False):  # empty slots first
+            engine.start(rid, model.tokenize(prompt, templated=False),
+                         Sampling(temperature=0.0, max_tokens=100))
+        assert _busy(engine) == [1, 2, 3]
+        engine.cancel("a")  # at the run's edge: nothing moves
+        engine.step(lambda _rid, _event: None)
+        assert _busy(engine) == [2, 3]
+
+        follow = held + model.tokenize(" The end.", templated=False)[1:]
+        engine.start("y", follow, Sampling(temperature=0.0, max_tokens=4))
+        y = next(s for s in engine.seqs if s.rid == "y")
+        assert y.seq in (1, 4) and _busy(engine) in ([1, 2, 3], [2, 3, 4])
+        assert y.result.prompt_evaluated == len(follow) - len(held)
+        assert engine.seqs[0].cached == held  # the original stays for its own return
+        engine.step(lambda _rid, _event: None)  # y's new tokens, alone (it joins streams)
+        assert y.result.completion_tokens == 1
+        copied = np.array(engine._logits(-1))
+    finally:
+        engine.close()
+    alone = BatchEngine(model, 1)
+    try:  # the same prompt from an empty cache: the copy held what its first turn left
+        alone.start("z", follow, Sampling(temperature=0.0, max_tokens=4))
+        alone.step(lambda _rid, _event: None)
+        fresh = np.array(alone._logits(-1))
+    finally:
+        alone.close()
+        model.close()
+    assert int(copied.argmax()) == int(fresh.argmax())
+    assert np.corrcoef(copied, fresh)[0, 1] > 0.999

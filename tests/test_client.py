@@ -6,6 +6,7 @@ the narrow question of what llmrun sends."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -83,6 +84,14 @@ def test_usage_is_null_when_the_server_does_not_say(llama_cpp_server: str, llmru
     assert ours["usage"]["completion_tokens"] == 6 and ours["usage"]["prompt_tokens"] > 0
     verbose = gemma_cli("run", GEMMA, "--endpoint", llama_cpp_server, "-v", *RAW)
     assert verbose.returncode == 0 and "eval count:           unknown" in verbose.stderr
+    # llmrun serve says how much of the prompt came from its cache (prompt_tokens_details):
+    # the same prompt again evaluates only its last token
+    for _ in range(2):
+        verbose = gemma_cli("run", GEMMA, "--endpoint", llmrun_server, "-v", *RAW)
+    found = re.search(r"prompt eval count:\s+(\d+) token\(s\) \((\d+) evaluated\)",
+                      verbose.stderr)
+    assert found, verbose.stderr
+    assert int(found[2]) == 1 < int(found[1]) == ours["usage"]["prompt_tokens"]
 
 
 @pytest.mark.parametrize("which", ["llmrun", "llama_cpp"])

@@ -176,6 +176,12 @@ class RemoteSession:
                             result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                             result.completion_tokens = int(usage["completion_tokens"])
                             result.usage_known = True
+                            # OpenAI, llmrun serve: prompt tokens whose KV the server held
+                            details = usage.get("prompt_tokens_details")
+                            cached = details.get("cached_tokens") if isinstance(
+                                details, dict) else None
+                            result.prompt_evaluated = max(0, result.prompt_tokens - (
+                                cached if isinstance(cached, int) else 0))
                         for choice in chunk.get("choices") or []:
                             delta = self._delta(choice, calls)
                             if delta:

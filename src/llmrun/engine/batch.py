@@ -6,16 +6,27 @@ generating, then prompt tokens of sequences still being read, in chunks, up to t
 size, so a long prompt never stalls the streams already running. A prompt that ends in a
 step has that step to itself (the streams wait it out, never two steps in a row): a request
 joining running streams gets its first token after its own tokens' time, not theirs too. A
-request joins at the next step and a finished or cancelled one frees its slot at once. Every sequence samples with its
-own chain (its temperature, seed, penalties and grammar), built the way llama-cpp-python's
-``Llama._init_sampler`` builds it, so that a greedy answer is the one the request would get
-alone (up to llama.cpp's batch-size numerics, docs/benchmarks.md).
+request joins at the next step and a finished or cancelled one frees its slot at once. Every
+sequence samples with its own chain (its temperature, seed, penalties and grammar), built
+the way llama-cpp-python's ``Llama._init_sampler`` builds it, so that a greedy answer is the
+one the request would get alone (up to llama.cpp's batch-size numerics,
+docs/benchmarks.md).
 
 KV cache: per-sequence (``kv_unified`` off), each slot with the context a single request
 gets (``Model.n_ctx``), so a request that fits alone fits here and one that does not is
 refused exactly as before. A slot keeps its tokens after a request: a conversation that goes
-on lands on the slot that holds its prefix (when that slot is free) and evaluates only what
-is new.
+on starts from the cache of the slot that holds its prefix (when that slot is free) and
+evaluates only what is new.
+
+Slots in one run: with per-sequence caches llama.cpp decodes a batch in one pass only over
+sequence ids that follow each other (``split_equal(sequential)`` in llama-batch.cpp, as
+llama-kv-cache.cpp calls it: each ubatch takes consecutive ids); busy slots 0, 2, 4 and 6
+cost four passes a step, 25% fewer tokens/s for Gemma 3 270M on two cores than slots 0-3,
+and about a pass per hole on a GPU. So a request takes a slot that keeps the busy ones
+consecutive (a copy of the cache holding its prefix goes with it), and when one in the
+middle ends, the last moves into its place. A copy is of the stream's whole cache
+(llama.cpp's cross-stream ``seq_cp``), done before the next decode: a one-time cost against
+a pass every step.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ if TYPE_CHECKING:
 
 Emit = Callable[[str, dict[str, Any]], None]  # (request id, {"piece": ..} or {"done": ..})
 PREFILL_CHUNK = 64  # prompt tokens per step while other requests stream
+COPY_MIN = 16  # cached prompt tokens worth a copy of a stream's cache rather than evaluating
 
 
 @dataclass
@@ -52,6 +64,7 @@ class _Seq:
     first: float | None = None
     prompt_done: float | None = None
     cancel: bool = False
+    used: float = 0.0  # when its last request ended (the least recently used goes first)
 
 
 class BatchEngine:
@@ -90,6 +103,9 @@ class BatchEngine:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.seqs = [_Seq(i) for i in range(n_seq)]
+        # keep the busy sequences' ids consecutive, moving caches between streams: see the
+        # module's docstring (a recurrent model's state is not moved)
+        self.compact = model.can_roll_back
         self._prompts_went_first = False  # the last step left the streams waiting
 
     def close(self) -> None:
@@ -120,7 +136,7 @@ class BatchEngine:
         # first what can fail (a grammar llama.cpp rejects): a slot taken without a sampler
         # would break every later step of every stream
         sampler = self._sampler(sampling)
-        seq = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.seq))
+        seq = self._place(max(free, key=lambda s: self._fit(s, tokens)), tokens)
         common = min(common_prefix(seq.cached, tokens), len(tokens) - 1)  # the last is evaluated
         memory = llama_cpp.llama_get_memory(self.ctx)
         if not self.model.can_keep(common, self.ctx, seq.seq) or (
@@ -143,6 +159,67 @@ class BatchEngine:
         seq.max_tokens = limit
         seq.started, seq.first, seq.prompt_done = time.perf_counter(), None, None
 
+    def _place(self, best: _Seq, tokens: list[int]) -> _Seq:
+        """The free slot a request gets, ``best`` holding its longest cached prefix: best
+        itself when that keeps the busy slots one run of consecutive ids, else a slot that
+        does (a hole in the run, or one beside it), given a copy of best's cache when its
+        prefix is longer by COPY_MIN tokens or more. The cache that slot held moves to the
+        least recently used free slot first when it is the more recent of the two."""
+        busy = [s.seq for s in self.seqs if s.rid is not None]
+        if not busy or not self.compact:
+            return best
+        lo, hi = min(busy), max(busy)
+        spots = [s for s in self.seqs[lo:hi + 1] if s.rid is None] or [
+            self.seqs[i] for i in (hi + 1, lo - 1) if 0 <= i < self.n_seq]
+        if best in spots:
+            return best
+        spot = max(spots, key=lambda s: self._fit(s, tokens))
+        spare = min((s for s in self.seqs if s.rid is None and s not in spots and s is not best),
+                    key=lambda s: s.used, default=None)
+        if spare is not None and len(spot.cached) >= COPY_MIN and spare.used < spot.used:
+            self._copy(spot, spare)
+            spare.used = spot.used
+        if common_prefix(best.cached, tokens) - common_prefix(spot.cached, tokens) >= COPY_MIN:
+            self._copy(best, spot)
+        return spot
+
+    @staticmethod
+    def _fit(s: _Seq, tokens: list[int]) -> tuple[int, float, int]:
+        """How well free slot ``s`` suits a request for ``tokens``: the longest cached
+        prefix, when it is worth what the slot would lose (COPY_MIN tokens, or half of what it
+        holds: a BOS or a first word in common with another conversation is not), then the
+        least recently used (another conversation may come back), then the lowest id."""
+        common = common_prefix(s.cached, tokens)
+        useful = common >= COPY_MIN or 2 * common >= len(s.cached)
+        return (common if useful else 0, -s.used, -s.seq)
+
+    def _compact(self) -> None:
+        """Move the highest busy sequence into the lowest hole until the busy ones are one
+        run of consecutive ids again (a request in the middle ended)."""
+        while self.compact:
+            busy = sorted(s.seq for s in self.seqs if s.rid is not None)
+            if not busy or busy[-1] - busy[0] + 1 == len(busy):
+                return
+            hole = next(self.seqs[i] for i in range(busy[0], busy[-1])
+                        if self.seqs[i].rid is None)
+            moving = self.seqs[busy[-1]]
+            self._copy(moving, hole)
+            # the request goes on in the hole's stream, which now holds its cache; the slot
+            # it leaves keeps the same tokens for a later request that starts with them
+            i, j = moving.seq, hole.seq
+            self.seqs[i], self.seqs[j] = hole, moving
+            moving.seq, hole.seq = j, i
+            hole.used = time.perf_counter()
+
+    def _copy(self, source: _Seq, dest: _Seq) -> None:
+        """Give ``dest``'s stream a copy of ``source``'s cache (llama.cpp copies the
+        stream's whole buffer before the next decode: about the KV cache of --ctx tokens)."""
+        import llama_cpp
+
+        memory = llama_cpp.llama_get_memory(self.ctx)
+        llama_cpp.llama_memory_seq_cp(memory, source.seq, dest.seq, -1, -1)
+        dest.cached = list(source.cached)
+
     def cancel(self, rid: str) -> None:
         for s in self.seqs:
             if s.rid == rid:
@@ -156,6 +233,7 @@ class BatchEngine:
         for s in self.seqs:  # cancelled ones end before any work is done for them
             if s.rid is not None and s.cancel:
                 self._finish(s, "cancelled", emit)
+        self._compact()
         batch, n = self.batch, 0
         sample_at: list[tuple[_Seq, int]] = []
         streams = [s for s in self.seqs if s.rid is not None and not s.pending
@@ -281,6 +359,7 @@ class BatchEngine:
             llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), s.seq, -1, -1)
             s.cached = []
         s.rid, s.pending, s.last, s.text = None, [], None, None
+        s.used = time.perf_counter()
         self._free_sampler(s)
 
     def _free_sampler(self, s: _Seq) -> None:

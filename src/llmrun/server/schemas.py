@@ -412,15 +412,22 @@ def parse(cls: type[_Req], body: bytes) -> Any:
 
 
 # ---- responses ----------------------------------------------------------------------------
+class PromptDetails(BaseModel):
+    cached_tokens: int  # prompt tokens whose KV the model already held (prefix reuse)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptDetails
 
     @classmethod
     def of(cls, r: Result) -> Usage:
+        cached = max(0, r.prompt_tokens - r.prompt_evaluated)
         return cls(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                   total_tokens=r.prompt_tokens + r.completion_tokens)
+                   total_tokens=r.prompt_tokens + r.completion_tokens,
+                   prompt_tokens_details=PromptDetails(cached_tokens=cached))
 
 
 class Renderer:
