@@ -4,9 +4,10 @@
 same process tree, same run. Issue 14's targets: 4 streams >= 2.2x and 8 >= 2.8x the tokens/s
 of one; one stream >= 0.95x the raw loop.
 
-    python bench/bench_batch.py [--model PATH.gguf] [--tokens 64]
+    python bench/bench_batch.py [--model PATH.gguf] [--tokens 64] [--counts 1 4 8 16]
 
-Without --model it uses gemma3:270m-base from its pip package (the `demo` extra).
+Without --model it uses gemma3:270m-base from its pip package (the `demo` extra). On a CUDA
+build both sides offload every layer (llmrun's default); bench/gpu_proof.sh runs it there.
 """
 
 from __future__ import annotations
@@ -207,15 +208,60 @@ def serve_latency_curl(path: Path, ctx: int, rounds: int = 3) -> tuple[float, fl
         return statistics.median(idle), statistics.median(busy)
 
 
-def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int
-                ) -> dict[int, float]:
+def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int,
+                rounds: int = 1, raw: dict[int, list[float]] | None = None
+                ) -> dict[int, list[float]]:
+    """Aggregate tokens/s of ``n`` concurrent streams for each of ``counts``, ``rounds``
+    times; with ``raw``, the raw loop's too, alternating which goes first each round (a
+    machine's speed drifts between minutes)."""
+    rates: dict[int, list[float]] = {n: [] for n in counts}
     with _served(path, ctx, parallel) as url:
         asyncio.run(_streams(url, 1, 8))  # warm up
-        rates = {}
-        for n in counts:
-            took, made = asyncio.run(_streams(url, n, tokens))
-            rates[n] = made / took
+        for r in range(rounds):
+            for n in counts:
+                def served(n: int = n) -> None:
+                    took, made = asyncio.run(_streams(url, n, tokens))
+                    rates[n].append(made / took)
+
+                def own(n: int = n) -> None:
+                    assert raw is not None
+                    raw.setdefault(n, []).append(raw_loop(path, n, tokens, ctx))
+
+                measures = [served] if raw is None else [served, own]
+                for measure in measures if r % 2 == 0 else measures[::-1]:
+                    measure()
         return rates
+
+
+def churn(path: Path, ctx: int, clients: int = 4, each: int = 8) -> tuple[float, int]:
+    """Requests of mixed lengths (20-160 tokens, fixed seed), ``clients`` at a time, each
+    client sending its next as soon as its last is answered: sequences end at different
+    steps, the case where busy slots would scatter (engine/batch.py). Aggregate tokens/s."""
+    import random
+
+    from openai import AsyncOpenAI
+
+    rng = random.Random(1)
+    plan = [[rng.randint(20, 160) for _ in range(each)] for _ in range(clients)]
+
+    async def client(url: str, k: int, made: list[int]) -> None:
+        async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
+                               timeout=600) as c:
+            for n in plan[k]:
+                r = await c.completions.create(model="bench", prompt=PROMPTS[(k * 7 + n) % 8],
+                                               max_tokens=n, temperature=0)
+                assert r.usage is not None
+                made.append(r.usage.completion_tokens)
+
+    async def run(url: str) -> tuple[float, int]:
+        made: list[int] = []
+        start = time.perf_counter()
+        await asyncio.gather(*(client(url, k, made) for k in range(clients)))
+        return sum(made) / (time.perf_counter() - start), sum(made)
+
+    with _served(path, ctx, clients) as url:
+        asyncio.run(_streams(url, 1, 8))  # warm up
+        return asyncio.run(run(url))
 
 
 async def _one_timed(url: str, tokens: int) -> tuple[int, float, float, float]:
@@ -276,6 +322,10 @@ def main() -> None:
     ap.add_argument("--model", type=Path)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 4, 8],
+                    help="concurrent streams to measure (1 and 4 are always among them)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds of the streams table")
     ap.add_argument("--single-rounds", type=int, default=5,
                     help="alternating rounds of the one-stream comparison (0: skip it)")
     args = ap.parse_args()
@@ -285,17 +335,29 @@ def main() -> None:
 
         path = Path(tempfile.mkdtemp()) / "gemma-3-270m-q4_k_m.gguf"
         pkg.assemble(path)
-    counts = [1, 4, 8]
-    raw = {n: raw_loop(path, n, args.tokens, args.ctx) for n in counts}
-    served = serve_rates(path, 8, counts, args.tokens, args.ctx)
-    single = serve_rates(path, 1, [1], args.tokens, args.ctx)[1]
-    print(f"model {path.name}, {args.tokens} greedy tokens per stream, tokens/s (x one stream)")
-    print("| streams | raw llama.cpp batched loop | llmrun serve --parallel 8 | serve / raw |")
+    counts = sorted({1, 4, *args.counts})
+    raw_runs: dict[int, list[float]] = {}
+    served_runs = serve_rates(path, max(8, *counts), counts, args.tokens, args.ctx,
+                              rounds=args.rounds, raw=raw_runs)
+    raw = {n: statistics.median(v) for n, v in raw_runs.items()}
+    served = {n: statistics.median(v) for n, v in served_runs.items()}
+    ratio = {n: statistics.median(a / b for a, b in zip(served_runs[n], raw_runs[n],
+                                                         strict=True)) for n in counts}
+    single = statistics.median(serve_rates(path, 1, [1], args.tokens, args.ctx,
+                                           rounds=args.rounds)[1])
+    print(f"model {path.name}, {args.tokens} greedy tokens per stream, tokens/s (x one stream), "
+          f"medians of {args.rounds} alternating rounds")
+    print(f"| streams | raw llama.cpp batched loop | llmrun serve --parallel {max(8, *counts)} "
+          "| serve / raw |")
     print("|---|---|---|---|")
     for n in counts:
         print(f"| {n} | {raw[n]:.1f} ({raw[n] / raw[1]:.2f}x) | "
-              f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {served[n] / raw[n]:.2f} |")
+              f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {ratio[n]:.2f} |")
     print(f"| 1, `serve` without --parallel | | {single:.1f} | {single / raw[1]:.2f} |")
+    mixed, made = churn(path, args.ctx)
+    print(f"| 4 clients, mixed lengths (`churn`: 32 requests of 20-160 tokens, {made} in all), "
+          f"`serve --parallel 4` | {raw[4]:.1f} (4 streams) | {mixed:.1f} | "
+          f"{mixed / raw[4]:.2f} |")
     if args.single_rounds:
         rows = single_stream(path, args.ctx, args.tokens, args.single_rounds)
         print(f"\none stream, `serve` with its default --parallel, medians of "
@@ -308,14 +370,15 @@ def main() -> None:
                   "curl wall": "curl, request to last chunk",
                   "curl gen": "curl, first to last chunk"}
         for key, label in labels.items():
-            ratio = statistics.median(v / r for v, r in zip(rows[key], rows["raw"], strict=True))
-            print(f"| {label} | {statistics.median(rows[key]):.1f} | {ratio:.3f} |")
-    idle_c, busy_c = serve_latency_curl(path, max(args.ctx, 1024))
+            per = statistics.median(v / r for v, r in zip(rows[key], rows["raw"], strict=True))
+            print(f"| {label} | {statistics.median(rows[key]):.1f} | {per:.3f} |")
+    idle_c, busy_c = serve_latency_curl(path, max(args.ctx, 1024), rounds=8)
     print(f"\ntime to first token, --parallel 4, curl clients: idle {idle_c * 1000:.0f} ms, "
           f"while 3 streams run {busy_c * 1000:.0f} ms ({busy_c / idle_c:.2f}x)")
     idle, busy, gap = serve_latency(path, max(args.ctx, 1024))
-    print(f"\ntime to first token, --parallel 4: idle {idle * 1000:.0f} ms, while 3 streams "
-          f"run {busy * 1000:.0f} ms ({busy / idle:.2f}x); longest gap of a running stream "
+    print(f"\none openai client process for every stream, --parallel 4: time to first token "
+          f"idle {idle * 1000:.0f} ms, while it also reads 3 streams {busy * 1000:.0f} ms "
+          f"({busy / idle:.2f}x, its own event loop included); longest gap of a running stream "
           f"while a 400-token prompt joined: {gap * 1000:.0f} ms")
 
 

@@ -109,4 +109,7 @@ $LLMRUN bench /tmp/r1b.gguf --gpu-layers -1 -r 3 ${BENCH_ARGS:-} --json > "$OUTD
 stamp "bench against llama.cpp's own loop"
 $PY bench/bench_vs_raw.py /tmp/r1b.gguf --gpu-layers -1 --rounds 3 ${BENCH_ARGS:-} \
     --label "random-weight 1.1B F16 llama, $(nvidia-smi --query-gpu=name --format=csv,noheader)"
+stamp "concurrent streams: serve --parallel beside llama.cpp's batched loop (issue 14)"
+$PY bench/bench_batch.py --model /tmp/r1b.gguf --tokens 256 --ctx 1024 --counts 1 4 8 16 \
+    --single-rounds 3 | tee "$OUTDIR/batch.txt"
 stamp "done"
