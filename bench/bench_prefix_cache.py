@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = "alpha beta gamma delta river mountain cloud system answer question careful".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "river", "mountain", "cloud", "system", "answer",
+         "question", "careful"]
 
 
 def _run(model: Path, home: str, prompt: str, *extra: str) -> tuple[float, float, int]:

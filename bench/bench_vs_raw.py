@@ -76,9 +76,9 @@ def main() -> None:
                if name.startswith("llmrun") else "1 | 1")
         print(f"| {name} | {pp:.1f} | {tg:.1f} | {rel} |")
     if a.extra_bufts:
-        print(f"\nextra buffers off / on (raw loop): pp "
-              f"{med('raw loop, extra buffers off', 'pp') / med('raw llama.cpp loop', 'pp'):.3f}x,"
-              f" tg {med('raw loop, extra buffers off', 'tg') / med('raw llama.cpp loop', 'tg'):.3f}x")
+        off, on = "raw loop, extra buffers off", "raw llama.cpp loop"
+        print(f"\nextra buffers off / on (raw loop): pp {med(off, 'pp') / med(on, 'pp'):.3f}x,"
+              f" tg {med(off, 'tg') / med(on, 'tg'):.3f}x")
 
 
 if __name__ == "__main__":
