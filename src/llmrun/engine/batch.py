@@ -48,7 +48,7 @@ PREFILL_CHUNK = 64  # prompt tokens per step while other requests stream
 COPY_MIN = 16  # cached prompt tokens worth a copy of a stream's cache rather than evaluating
 
 
-@dataclass
+@dataclass(eq=False)  # slots are compared by identity
 class _Seq:
     seq: int  # llama.cpp sequence id = slot number
     cached: list[int] = field(default_factory=list)  # tokens whose KV this slot holds
