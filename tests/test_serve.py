@@ -405,9 +405,9 @@ def test_disconnect_mid_stream_frees_the_model(server: Server, client: openai.Op
 
 def test_one_at_a_time_a_stream_stopped_early_leaves_the_pipe_in_step(
         served_root: Path) -> None:
-    """--parallel 1: the model's process streams pieces without a call per token and a stop
-    ends it; every later answer is still its own (no piece of the stopped stream read as
-    the next request's reply)."""
+    """--parallel 1 (one sequence at a time): a stream stopped early ends in the model's
+    process; every later answer is still its own (no piece of the stopped stream read as
+    the next request's reply). The lockstep path of a projector: test_serve_images.py."""
     server = Server(served_root, "--ctx", "512", "--parallel", "1")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
@@ -615,6 +615,31 @@ def test_pool_queue_bound_and_cancellation() -> None:
         gate.release(10)
         last = await _drain(third)
         assert isinstance(last, Done) and last.result.text == "xx" and not last.cancelled
+        await pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_burst_has_one_running_and_the_queue_admitted_before_any_starts() -> None:
+    """Admission leaves out of the queue the job a free sequence takes at once, also before
+    the worker has started it (here: still loading): with queue_size 2 a burst gets three
+    admitted, one to run and two to wait, and the fourth is Busy (the 503)."""
+    loading = threading.Event()
+
+    class SlowLoader(FakeLoader):
+        def __call__(self, spec: ModelSpec) -> FakeEngine:
+            loading.wait(60)
+            return super().__call__(spec)
+
+    async def main() -> None:
+        pool = Pool(SlowLoader(), max_loaded=1, queue_size=2, keep_alive=-1)
+        spec = ModelSpec("a", Path("a"))
+        jobs = [await pool.submit(spec, _prepare(1)) for _ in range(3)]
+        with pytest.raises(Busy):
+            await pool.submit(spec, _prepare(1))
+        loading.set()
+        for job in jobs:
+            assert isinstance(await _drain(job), Done)
         await pool.shutdown()
 
     asyncio.run(main())

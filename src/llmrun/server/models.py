@@ -66,7 +66,11 @@ class Pool:
                 slot = await self.open(spec)
             finally:
                 self._opening -= 1
-        if slot.waiting >= self.queue_size or self.closing:
+        # queue_size wait beyond those a free sequence takes at once: a job counts as waiting
+        # until the worker's "started" reaches the loop, and a burst of requests could fill
+        # the queue before the first of them started
+        free = max(0, slot.parallel - slot.running)
+        if slot.waiting - free >= self.queue_size or self.closing:
             raise Busy
         job = Job(slot, prepare, asyncio.get_running_loop())
         self._jobs.add(job)
