@@ -459,3 +459,32 @@ def test_a_prefix_cached_away_from_the_running_slots_is_copied_beside_them(
         model.close()
     assert int(copied.argmax()) == int(fresh.argmax())
     assert np.corrcoef(copied, fresh)[0, 1] > 0.999
+
+
+def test_the_models_own_context_is_small_when_a_batch_engine_generates(
+        gemma_file: Path) -> None:
+    """serve generates through a BatchEngine's context: the model's own context then holds
+    nothing and is made small (child.py's OWN_CTX), while a request still gets --ctx."""
+    from llmrun import memory
+    from llmrun.datatypes import LoadOptions, Sampling
+    from llmrun.engine import Model
+    from llmrun.engine.batch import BatchEngine
+    from llmrun.server.child import OWN_CTX
+
+    model = Model(gemma_file, LoadOptions(n_ctx=4096), own_ctx=OWN_CTX)
+    engine = BatchEngine(model, 1)
+    done: list[dict[str, Any]] = []
+    try:
+        assert model.n_ctx == 4096 and model.llama.n_ctx() == OWN_CTX
+        assert memory.kv_cache_bytes(model.info, 4096) > 8 * memory.kv_cache_bytes(
+            model.info, OWN_CTX)  # what a served model no longer holds twice
+        prompt = model.tokenize(" ".join(["word"] * 600), templated=False)
+        assert len(prompt) > 2 * OWN_CTX
+        engine.start("long", prompt, Sampling(temperature=0.0, max_tokens=4))
+        while engine.active:
+            engine.step(lambda _rid, event: done.append(event) if "done" in event else None)
+        assert done[0]["done"]["finish_reason"] == "length"
+        assert done[0]["done"]["completion_tokens"] == 4
+    finally:
+        engine.close()
+        model.close()

@@ -20,7 +20,7 @@ import openai
 import pytest
 from conftest import GEMMA, Cli, copy_store, make_env
 from test_images import VNAME, _bomb, _image, vision_root  # noqa: F401  (a fixture)
-from test_serve import Server
+from test_serve import Server, _tokens
 
 from llmrun.tiny_vision import TINY
 
@@ -304,3 +304,24 @@ def test_the_childs_line_reader_keeps_long_lines_whole() -> None:
     os.close(read)
     assert got[0] == "a" and got[1] == "b" + big.decode() and got[2:] == ["c", None]
 
+
+
+def test_a_stream_stopped_early_leaves_the_projector_models_pipe_in_step(
+        vserver: Server, vclient: openai.OpenAI) -> None:
+    """A model with its projector generates one request at a time through its own context,
+    the child streaming pieces until the end or the server's stop: a stream closed after three
+    chunks ends there, and later answers are still their own (no piece of the stopped stream
+    read as the next request's reply)."""
+    args: dict[str, Any] = {"model": VNAME, "prompt": "Hi", "max_tokens": 8, "temperature": 0}
+    before = vclient.completions.create(**args).choices[0].text
+    for _ in range(2):
+        mark = len(vserver.lines)
+        stream = vclient.completions.create(model=VNAME, prompt="Count: 1, 2, 3,",
+                                            max_tokens=1000, temperature=0, stream=True)
+        for n, _chunk in enumerate(stream, 1):
+            if n == 3:
+                break
+        stream.close()
+        line = vserver.wait_for(r"POST /v1/completions .*cancelled", after=mark)
+        assert "status=200" in line and _tokens(line) < 1000, line  # (a tiny model is fast)
+        assert vclient.completions.create(**args).choices[0].text == before

@@ -51,10 +51,14 @@ class Model:
     def __init__(self, path: Path, opts: LoadOptions, *, chat_format: str | None = None,
                  debug: bool = False, name: str | None = None,
                  chat_template: str | None = None,
-                 context: dict[str, Any] | None = None, mmproj: Path | None = None) -> None:
+                 context: dict[str, Any] | None = None, mmproj: Path | None = None,
+                 own_ctx: int | None = None) -> None:
         """``context``: more llama_cpp.Llama context arguments (engine/embed.py's embedding
         mode: embedding, pooling_type, n_ubatch). ``mmproj``: a vision projector, loaded
-        with the model (engine/vision.py)."""
+        with the model (engine/vision.py). ``own_ctx``: the size of the llama context this
+        object makes, when generation goes through a BatchEngine with a context of its own
+        (serve): its KV cache would hold nothing. ``n_ctx`` is still the context a request
+        gets."""
         self.path = path
         self.name = name or path.name
         self._pieces: prompt_pieces.PieceTokenizer | None = None
@@ -101,7 +105,8 @@ class Model:
 
             try:  # refuses, before llama.cpp allocates, what cannot fit under RLIMIT_AS
                 self.memory_warning = memory.preflight(
-                    self.info, self.n_ctx, parts, n_batch=opts.n_batch, name=self.name)
+                    self.info, min(own_ctx or self.n_ctx, self.n_ctx), parts,
+                    n_batch=opts.n_batch, name=self.name)
             except ModelError:
                 self._hold.release()
                 raise
@@ -112,7 +117,8 @@ class Model:
         try:
             with _model_params(self.native.config.extra_bufts):
                 self.llama = llama_cpp.Llama(
-                    model_path=str(path), n_ctx=self.n_ctx, n_gpu_layers=self.gpu_layers,
+                    model_path=str(path), n_ctx=min(own_ctx or self.n_ctx, self.n_ctx),
+                    n_gpu_layers=self.gpu_layers,
                     n_threads=self.threads, n_threads_batch=self.threads, n_batch=opts.n_batch,
                     # llama.cpp's own default is "auto" (on wherever supported, CPU included);
                     # llama-cpp-python offers only on/off, so on it is, like llama-cli
