@@ -384,11 +384,12 @@ def _fifty_clients(server: Server, client: openai.OpenAI) -> None:
     assert statuses.count("503") == len(busy) and set(statuses) <= {"200", "503"}
 
 
-def _stop_a_stream_early(server: Server, client: openai.OpenAI) -> str:
-    """A 400-token stream closed by its client after 3 chunks: the server's log line."""
+def _stop_a_stream_early(server: Server, client: openai.OpenAI, model: str = GEMMA,
+                         max_tokens: int = 400) -> str:
+    """A long stream closed by its client after 3 chunks: the server's log line."""
     mark = len(server.lines)
-    stream = client.completions.create(model=GEMMA, prompt="Count: 1, 2, 3, 4, 5,",
-                                       max_tokens=400, temperature=0, stream=True)
+    stream = client.completions.create(model=model, prompt="Count: 1, 2, 3, 4, 5,",
+                                       max_tokens=max_tokens, temperature=0, stream=True)
     for n, _ in enumerate(stream, 1):
         if n == 3:
             break

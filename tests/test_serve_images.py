@@ -20,7 +20,7 @@ import openai
 import pytest
 from conftest import GEMMA, Cli, copy_store, make_env
 from test_images import VNAME, _bomb, _image, vision_root  # noqa: F401  (a fixture)
-from test_serve import Server, _tokens
+from test_serve import Server, _stop_a_stream_early, _tokens
 
 from llmrun.tiny_vision import TINY
 
@@ -315,13 +315,6 @@ def test_a_stream_stopped_early_leaves_the_projector_models_pipe_in_step(
     args: dict[str, Any] = {"model": VNAME, "prompt": "Hi", "max_tokens": 8, "temperature": 0}
     before = vclient.completions.create(**args).choices[0].text
     for _ in range(2):
-        mark = len(vserver.lines)
-        stream = vclient.completions.create(model=VNAME, prompt="Count: 1, 2, 3,",
-                                            max_tokens=1000, temperature=0, stream=True)
-        for n, _chunk in enumerate(stream, 1):
-            if n == 3:
-                break
-        stream.close()
-        line = vserver.wait_for(r"POST /v1/completions .*cancelled", after=mark)
+        line = _stop_a_stream_early(vserver, vclient, VNAME, max_tokens=1000)
         assert "status=200" in line and _tokens(line) < 1000, line  # (a tiny model is fast)
         assert vclient.completions.create(**args).choices[0].text == before

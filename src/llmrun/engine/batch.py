@@ -20,11 +20,12 @@ evaluates only what is new.
 
 Slots in one run: with per-sequence caches llama.cpp decodes a batch in one pass only over
 sequence ids that follow each other (``split_equal(sequential)`` in llama-batch.cpp, as
-llama-kv-cache.cpp calls it: each ubatch takes consecutive ids); busy slots 0, 2, 4 and 6
-cost four passes a step, 25% fewer tokens/s for Gemma 3 270M on two cores than slots 0-3,
-and about a pass per hole on a GPU. So a request takes a slot that keeps the busy ones
-consecutive (a copy of the cache holding its prefix goes with it), and when one in the
-middle ends, the last moves into its place. A copy is of the stream's whole cache
+llama-kv-cache.cpp and llama-kv-cache-iswa.cpp call it for per-sequence caches: each ubatch
+takes consecutive ids). Busy slots 0, 2, 4 and 6 cost four passes a step, 25% fewer
+tokens/s for Gemma 3 270M on two cores than slots 0-3; each pass reads all the weights, which
+is most of a step's time on a GPU (not measured here). So a request takes a slot that keeps
+the busy ones consecutive (a copy of the cache holding its prefix goes with it), and when
+one in the middle ends, the last moves into its place. A copy is of the stream's whole cache
 (llama.cpp's cross-stream ``seq_cp``), done before the next decode: a one-time cost against
 a pass every step.
 """
