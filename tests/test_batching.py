@@ -488,3 +488,68 @@ def test_the_models_own_context_is_small_when_a_batch_engine_generates(
     finally:
         engine.close()
         model.close()
+
+
+def test_under_churn_slots_stay_one_run_and_each_cache_holds_its_tokens(
+        gemma_file: Path) -> None:
+    """Random starts (some going on from an earlier answer), cancellations and ends for 150
+    steps: every batch decoded holds consecutive sequence ids (one pass), and after every
+    step llama.cpp's cache of every slot ends exactly where the engine's record of its tokens
+    does (moves and copies included)."""
+    import random
+
+    import llama_cpp
+
+    from llmrun.datatypes import LoadOptions, Sampling
+    from llmrun.engine import Model
+    from llmrun.engine.batch import BatchEngine
+
+    rng = random.Random(3)
+    model = Model(gemma_file, LoadOptions(n_ctx=512))
+    engine = BatchEngine(model, 4)
+    memory = llama_cpp.llama_get_memory(engine.ctx)
+    answered: list[list[int]] = []  # prompts and answers, for a request to go on from
+    ended = 0
+    decoded: set[int] = set()  # the sequence ids in the step's batch
+    put = engine._put
+
+    def record(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        decoded.add(seq)
+        put(i, token, pos, seq, logits)
+
+    engine._put = record  # type: ignore[method-assign]
+
+    def keep(rid: str, event: dict[str, Any]) -> None:
+        nonlocal ended
+        assert "error" not in event, event  # (a decode llama.cpp refused)
+        if "done" in event:
+            ended += 1
+
+    try:
+        for step in range(150):
+            free = [s for s in engine.seqs if s.rid is None]
+            if free and rng.random() < 0.4:
+                if answered and rng.random() < 0.5:  # a conversation goes on
+                    tokens = rng.choice(answered) + model.tokenize(" And", templated=False)[1:]
+                else:
+                    tokens = model.tokenize(rng.choice(PROMPTS) * rng.randint(1, 4),
+                                            templated=False)
+                engine.start(f"r{step}", tokens, Sampling(
+                    temperature=rng.choice([0.0, 0.8]), max_tokens=rng.randint(1, 30)))
+            busy = [s for s in engine.seqs if s.rid is not None]
+            if busy and rng.random() < 0.1:
+                engine.cancel(str(rng.choice(busy).rid))
+            decoded.clear()
+            engine.step(keep)
+            for s in engine.seqs:
+                if s.rid is None and s.cached and len(s.cached) < 400:
+                    answered.append(list(s.cached))
+            ids = sorted(decoded)
+            assert not ids or ids == list(range(ids[0], ids[0] + len(ids))), (step, ids)
+            for s in engine.seqs:
+                got = int(llama_cpp.llama_memory_seq_pos_max(memory, s.seq))
+                assert got == len(s.cached) - 1, (step, s.seq, got, len(s.cached))
+        assert ended > 20
+    finally:
+        engine.close()
+        model.close()
