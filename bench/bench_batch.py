@@ -222,12 +222,34 @@ def serve_latency_curl(path: Path, ctx: int, rounds: int = 3) -> tuple[float, fl
         return statistics.median(idle), statistics.median(busy)
 
 
+def _streams_curl(url: str, n: int, tokens: int) -> tuple[float, int]:
+    """``n`` concurrent streams, each read by a curl process of its own: at a GPU's rates one
+    openai client (one event loop parsing every chunk) is the bottleneck, not the server.
+    (seconds, completion tokens)."""
+    bodies = [json.dumps({"model": "bench", "prompt": PROMPTS[i % len(PROMPTS)],
+                          "max_tokens": tokens, "temperature": 0, "stream": True,
+                          "stream_options": {"include_usage": True}}) for i in range(n)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["curl", "-sSN", url + "/v1/completions", "-H",
+                               "Content-Type: application/json", "-d", body],
+                              stdout=subprocess.PIPE, text=True) for body in bodies]
+    outs = [proc.communicate()[0] for proc in procs]
+    took = time.perf_counter() - start
+    made = 0
+    for out in outs:
+        events = [json.loads(line[6:]) for line in out.splitlines()
+                  if line.startswith("data: {")]
+        made += [e["usage"] for e in events if e.get("usage")][-1]["completion_tokens"]
+    return took, made
+
+
 def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int,
-                rounds: int = 1, raw: dict[int, list[float]] | None = None
-                ) -> dict[int, list[float]]:
+                rounds: int = 1, raw: dict[int, list[float]] | None = None,
+                curl: dict[int, list[float]] | None = None) -> dict[int, list[float]]:
     """Aggregate tokens/s of ``n`` concurrent streams for each of ``counts``, ``rounds``
-    times; with ``raw``, the raw loop's too, alternating which goes first each round (a
-    machine's speed drifts between minutes)."""
+    times, through one openai client; with ``raw``, the raw loop's too, and with ``curl``,
+    the same streams read by curl processes, alternating the order each round (a machine's
+    speed drifts between minutes)."""
     rates: dict[int, list[float]] = {n: [] for n in counts}
     with _served(path, ctx, parallel) as url:
         asyncio.run(_streams(url, 1, 8))  # warm up
@@ -241,7 +263,13 @@ def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: 
                     assert raw is not None
                     raw.setdefault(n, []).append(raw_loop(path, n, tokens, ctx))
 
-                measures = [served] if raw is None else [served, own]
+                def by_curl(n: int = n) -> None:
+                    assert curl is not None
+                    took, made = _streams_curl(url, n, tokens)
+                    curl.setdefault(n, []).append(made / took)
+
+                measures = [served] + ([own] if raw is not None else []) + (
+                    [by_curl] if curl is not None else [])
                 for measure in measures if r % 2 == 0 else measures[::-1]:
                     measure()
         return rates
@@ -353,22 +381,30 @@ def main() -> None:
         pkg.assemble(path)
     counts = sorted({1, 4, *args.counts})
     raw_runs: dict[int, list[float]] = {}
+    curl_runs: dict[int, list[float]] | None = {} if HAVE_CURL else None
     served_runs = serve_rates(path, max(8, *counts), counts, args.tokens, args.ctx,
-                              rounds=args.rounds, raw=raw_runs)
+                              rounds=args.rounds, raw=raw_runs, curl=curl_runs)
     raw = {n: statistics.median(v) for n, v in raw_runs.items()}
     served = {n: statistics.median(v) for n, v in served_runs.items()}
-    ratio = {n: statistics.median(a / b for a, b in zip(served_runs[n], raw_runs[n],
-                                                         strict=True)) for n in counts}
+
+    def ratio(runs: dict[int, list[float]], n: int) -> float:
+        return statistics.median(a / b for a, b in zip(runs[n], raw_runs[n], strict=True))
+
     single = statistics.median(serve_rates(path, 1, [1], args.tokens, args.ctx,
                                            rounds=args.rounds)[1])
     print(f"model {path.name}, {args.tokens} greedy tokens per stream, tokens/s (x one stream), "
           f"medians of {args.rounds} alternating rounds")
-    print(f"| streams | raw llama.cpp batched loop | llmrun serve --parallel {max(8, *counts)} "
-          "| serve / raw |")
-    print("|---|---|---|---|")
+    print(f"| streams | raw llama.cpp batched loop | llmrun serve --parallel {max(8, *counts)}, "
+          "one openai client | serve / raw |" + (
+              " serve, a curl process per stream | serve / raw |" if curl_runs else ""))
+    print("|---|---|---|---|" + ("---|---|" if curl_runs else ""))
     for n in counts:
-        print(f"| {n} | {raw[n]:.1f} ({raw[n] / raw[1]:.2f}x) | "
-              f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {ratio[n]:.2f} |")
+        row = (f"| {n} | {raw[n]:.1f} ({raw[n] / raw[1]:.2f}x) | "
+               f"{served[n]:.1f} ({served[n] / served[1]:.2f}x) | {ratio(served_runs, n):.2f} |")
+        if curl_runs:
+            c = {k: statistics.median(v) for k, v in curl_runs.items()}
+            row += f" {c[n]:.1f} ({c[n] / c[1]:.2f}x) | {ratio(curl_runs, n):.2f} |"
+        print(row)
     print(f"| 1, `serve` without --parallel | | {single:.1f} | {single / raw[1]:.2f} |")
     mixed, made = churn(path, args.ctx)
     print(f"| 4 clients, mixed lengths (`churn`: 32 requests of 20-160 tokens, {made} in all), "
