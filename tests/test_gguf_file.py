@@ -633,3 +633,19 @@ def test_split_set_unsplit_file(valid: tuple[Path, bytes, Layout], tmp_path: Pat
     lone.write_bytes(write_shards(tmp_path)[0].read_bytes())
     with pytest.raises(CorruptModel, match="shard 1/3"):
         check_split_set(lone)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["out.gguf", "-h"]])
+def test_tiny_model_usage_is_one_line_and_writes_nothing(
+        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m llmrun.tiny_model --help` once wrote a model to a file named --help."""
+    from llmrun import tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["tiny_model", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        tiny_model.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: python -m llmrun.tiny_model")
+    assert list(tmp_path.iterdir()) == []

@@ -142,8 +142,9 @@ def main() -> None:
     import sys
 
     args = [a for a in sys.argv[1:] if a != "--1b"]
-    if not args:
-        sys.exit("usage: python -m llmrun.tiny_model OUT.gguf [TYPE ...] [--1b]")
+    if not args or any(a.startswith("-") for a in args):  # --help is not a file to write
+        print("usage: python -m llmrun.tiny_model OUT.gguf [TYPE ...] [--1b]", file=sys.stderr)
+        sys.exit(2)
     write(Path(args[0]), args[1:] or ["F16"],
           shape=TINYLLAMA_1B if "--1b" in sys.argv else Shape())
 
