@@ -32,6 +32,19 @@ PROMPTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,", "Roses
            "In the beginning", "The best way to learn", "My favourite food is", "Dear diary,"]
 
 
+
+def _body(prompt: str, tokens: int) -> str:
+    """A streamed greedy completion request for curl, with the usage chunk at its end."""
+    return json.dumps({"model": "bench", "prompt": prompt, "max_tokens": tokens,
+                       "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+
+
+def _completion_tokens(sse: str) -> int:
+    """The completion tokens a stream's usage chunk counts."""
+    events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: {")]
+    return int([e["usage"] for e in events if e.get("usage")][-1]["completion_tokens"])
+
 def raw_loop(path: Path, n: int, tokens: int, ctx: int) -> float:
     """llama.cpp's batched loop: tokens/s of ``n`` greedy sequences generated together."""
     import ctypes
@@ -190,14 +203,10 @@ def serve_latency_curl(path: Path, ctx: int, rounds: int = 3) -> tuple[float, fl
     """(median time to first token idle, the same while 3 streams run), every client a curl
     process: the openai client's own event loop, busy with three streams' chunks, is not in
     the measurement."""
-    def body(prompt: str, tokens: int) -> str:
-        return json.dumps({"model": "bench", "prompt": prompt, "max_tokens": tokens,
-                           "temperature": 0, "stream": True})
-
     def curl(url: str, prompt: str, tokens: int) -> list[str]:
         return ["curl", "-sSN", "-o", "/dev/null", "-w", "%{time_starttransfer}",
                 url + "/v1/completions", "-H", "Content-Type: application/json",
-                "-d", body(prompt, tokens)]
+                "-d", _body(prompt, tokens)]
 
     def first_token(url: str) -> float:
         out = subprocess.run(curl(url, "Hello there", 4), capture_output=True, text=True,
@@ -226,21 +235,14 @@ def _streams_curl(url: str, n: int, tokens: int) -> tuple[float, int]:
     """``n`` concurrent streams, each read by a curl process of its own: at a GPU's rates one
     openai client (one event loop parsing every chunk) is the bottleneck, not the server.
     (seconds, completion tokens)."""
-    bodies = [json.dumps({"model": "bench", "prompt": PROMPTS[i % len(PROMPTS)],
-                          "max_tokens": tokens, "temperature": 0, "stream": True,
-                          "stream_options": {"include_usage": True}}) for i in range(n)]
+    bodies = [_body(PROMPTS[i % len(PROMPTS)], tokens) for i in range(n)]
     start = time.perf_counter()
     procs = [subprocess.Popen(["curl", "-sSN", url + "/v1/completions", "-H",
                                "Content-Type: application/json", "-d", body],
                               stdout=subprocess.PIPE, text=True) for body in bodies]
     outs = [proc.communicate()[0] for proc in procs]
     took = time.perf_counter() - start
-    made = 0
-    for out in outs:
-        events = [json.loads(line[6:]) for line in out.splitlines()
-                  if line.startswith("data: {")]
-        made += [e["usage"] for e in events if e.get("usage")][-1]["completion_tokens"]
-    return took, made
+    return took, sum(_completion_tokens(out) for out in outs)
 
 
 def serve_rates(path: Path, parallel: int, counts: list[int], tokens: int, ctx: int,
@@ -330,16 +332,13 @@ async def _one_timed(url: str, tokens: int) -> tuple[int, float, float, float]:
 def _curl_timed(url: str, tokens: int) -> tuple[int, float, float, float]:
     """The same stream read by curl, a client that costs next to no CPU: its own clock for
     the first byte (the response starts with the first token) and the end."""
-    body = json.dumps({"model": "bench", "prompt": PROMPTS[1], "max_tokens": tokens,
-                       "temperature": 0, "stream": True,
-                       "stream_options": {"include_usage": True}})
     out = subprocess.run(["curl", "-sSN", "-o", "/dev/stderr", "-w",
                           "%{time_starttransfer} %{time_total}", url + "/v1/completions",
-                          "-H", "Content-Type: application/json", "-d", body],
+                          "-H", "Content-Type: application/json",
+                          "-d", _body(PROMPTS[1], tokens)],
                          capture_output=True, text=True, check=True)
     first, end = (float(x) for x in out.stdout.split())
-    used = json.loads([line for line in out.stderr.splitlines() if '"usage"' in line][-1][6:])
-    return int(used["usage"]["completion_tokens"]), 0.0, first, end
+    return _completion_tokens(out.stderr), 0.0, first, end
 
 
 def single_stream(path: Path, ctx: int, tokens: int, rounds: int) -> dict[str, list[float]]:
