@@ -85,9 +85,9 @@ class BatchEngine:
             available = memory.available_memory()
             if available is not None and need > available:
                 raise ModelError(
-                    f"{n_seq} parallel sequences of {self.n_ctx} tokens need "
-                    f"{human_size(need)} of KV cache; {human_size(available)} of memory is "
-                    "available", hint="try a smaller --parallel or --ctx")
+                    f"{self._sequences(n_seq)} of {self.n_ctx} tokens "
+                    f"{'need' if n_seq > 1 else 'needs'} {human_size(need)} of KV cache; "
+                    f"{human_size(available)} of memory is available", hint=self._hint(n_seq))
         own = model.llama.context_params  # threads, flash attention, offload: the same
         params = type(own).from_buffer_copy(own)
         params.n_ctx = self.n_ctx * n_seq
@@ -98,8 +98,8 @@ class BatchEngine:
         if not self.ctx:
             from ..errors import ModelError
 
-            raise ModelError(f"could not make a context for {n_seq} parallel sequences",
-                             hint="try a smaller --parallel or --ctx")
+            raise ModelError(f"could not make a context for {self._sequences(n_seq)}",
+                             hint=self._hint(n_seq))
         self.vocab = llama_cpp.llama_model_get_vocab(model.llama.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -108,6 +108,15 @@ class BatchEngine:
         # module's docstring (a recurrent model's state is not moved)
         self.compact = model.can_roll_back
         self._prompts_went_first = False  # the last step left the streams waiting
+
+    @staticmethod
+    def _sequences(n_seq: int) -> str:
+        return f"{n_seq} parallel sequences" if n_seq > 1 else "one sequence"
+
+    @staticmethod
+    def _hint(n_seq: int) -> str:
+        """(one sequence: a smaller --parallel is no way out)"""
+        return "try a smaller --parallel or --ctx" if n_seq > 1 else "try a smaller --ctx"
 
     def close(self) -> None:
         import llama_cpp
